@@ -1,0 +1,221 @@
+"""Ground truth for the Python thread workloads (schema ``tracer.truth/v1``).
+
+Every thread reads its own scheduler counters from ``/proc/thread-self`` as
+the last thing it does; the main thread gathers the records, reads its own
+counters after everything else and writes the truth file named by
+``TRACER_TRUTH`` (nothing is written when it is unset).
+
+With ``TRACER_GATE=1`` the main thread prints ``ready <pid>`` and waits for a
+line on stdin before it creates any thread (see ``gate``).
+
+Works on Python 3.8 and later.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+SCHEMA = "tracer.truth/v1"
+TRUTH_ENV = "TRACER_TRUTH"
+GATE_ENV = "TRACER_GATE"
+
+OWN_DIR = "/proc/thread-self"
+
+
+def task_dir(tid):
+    return "/proc/self/task/%d" % tid
+
+
+def _read_text(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
+def read_comm(directory=OWN_DIR):
+    """Kernel name (``comm``) of the thread whose procfs directory is given."""
+    comm = _read_text(directory + "/comm")
+    return comm[:-1] if comm.endswith("\n") else comm
+
+
+def _status_field(status, key):
+    prefix = key + ":"
+    for line in status.splitlines():
+        if line.startswith(prefix):
+            return int(line[len(prefix):])
+    raise ValueError("status: missing " + key)
+
+
+def read_counters(directory=OWN_DIR):
+    """Scheduler counters of the thread whose procfs directory is given."""
+    if directory == OWN_DIR:
+        # The kernel folds a running thread's cpu time into schedstat only at
+        # ticks and context switches; reading the thread's cpu clock updates
+        # it, so the value below is current rather than up to a tick old.
+        time.thread_time_ns()
+    status = _read_text(directory + "/status")
+    on_cpu, waited, slices = _read_text(directory + "/schedstat").split()[:3]
+    return {
+        "voluntary_switches": _status_field(status, "voluntary_ctxt_switches"),
+        "involuntary_switches": _status_field(status, "nonvoluntary_ctxt_switches"),
+        "on_cpu_ns": int(on_cpu),
+        "runqueue_wait_ns": int(waited),
+        "timeslices": int(slices),
+    }
+
+
+def spawn_renames(inherited_comm, comm_at_start):
+    """Kernel rename a new thread got at start, if any.
+
+    A new thread inherits the ``comm`` of the thread that created it; Python
+    3.8 to 3.13 keep it, later versions name the kernel thread after
+    ``Thread.name`` when it starts.
+    """
+    if inherited_comm is None or comm_at_start == inherited_comm:
+        return []
+    return [{"from": inherited_comm, "to": comm_at_start}]
+
+
+def make_record(tid, name, comm, parent_tid, renames, role, lock_contender,
+                daemon, counters, baseline=None):
+    record = {
+        "tid": tid,
+        "name": name,
+        "comm": comm,
+        "parent_tid": parent_tid,
+        "renames": renames,
+        "role": role,
+        "lock_contender": lock_contender,
+        "daemon": daemon,
+    }
+    record.update(counters)
+    record["baseline"] = baseline
+    return record
+
+
+def current_thread_record(role, parent_tid, renames, lock_contender=False):
+    """Record of the calling thread; its counters are read last."""
+    me = threading.current_thread()
+    comm = read_comm()
+    counters = read_counters()
+    return make_record(threading.get_native_id(), me.name, comm, parent_tid,
+                       renames, role, lock_contender, me.daemon, counters)
+
+
+class TrackedThread(threading.Thread):
+    """A thread that runs ``body(self, *args)`` and then records itself.
+
+    ``start()`` notes the creating thread's tid and ``comm``. A thread that
+    returns reads its counters as its very last action and leaves the result
+    in ``record``; a daemon thread that never returns is recorded by the main
+    thread with ``record_from_proc()``.
+    """
+
+    def __init__(self, name, role, body, args=(), daemon=False,
+                 lock_contender=False):
+        super().__init__(name=name, daemon=daemon)
+        self.role = role
+        self.lock_contender = lock_contender
+        self.record = None
+        self.parent_tid = None
+        self._body = body
+        self._body_args = args
+        self._inherited_comm = None
+        self._comm_at_start = None
+        self._running = threading.Event()
+
+    def start(self):
+        self.parent_tid = threading.get_native_id()
+        self._inherited_comm = read_comm()
+        super().start()
+
+    def run(self):
+        self._comm_at_start = read_comm()
+        self._running.set()
+        self._body(self, *self._body_args)
+        if not self.daemon:
+            self.record = current_thread_record(
+                self.role, self.parent_tid, self._renames(), self.lock_contender)
+
+    def _renames(self):
+        return spawn_renames(self._inherited_comm, self._comm_at_start)
+
+    def take_record(self):
+        if self.record is None:
+            raise RuntimeError("thread %s left no record" % self.name)
+        return self.record
+
+    def record_from_proc(self):
+        """Record of a live thread, read from /proc/self/task/TID."""
+        self._running.wait()
+        directory = task_dir(self.native_id)
+        comm = read_comm(directory)
+        counters = read_counters(directory)
+        return make_record(self.native_id, self.name, comm, self.parent_tid,
+                           self._renames(), self.role, self.lock_contender,
+                           self.daemon, counters)
+
+
+def gate():
+    """Start gate; call on the main thread before creating any thread.
+
+    With ``TRACER_GATE=1`` prints ``ready <pid>``, blocks until a line (or
+    EOF) arrives on stdin and returns the main thread's counters read right
+    after that; otherwise returns None.
+    """
+    if os.environ.get(GATE_ENV) != "1":
+        return None
+    sys.stdout.write("ready %d\n" % os.getpid())
+    sys.stdout.flush()
+    sys.stdin.readline()
+    return read_counters()
+
+
+def write(workload, threads, **fields):
+    """Writes the truth file atomically (``PATH.tmp`` renamed to ``PATH``)."""
+    path = os.environ.get(TRUTH_ENV)
+    if not path:
+        return
+    truth = {
+        "schema": SCHEMA,
+        "workload": workload,
+        "pid": os.getpid(),
+        "threads": threads,
+    }
+    truth.update(fields)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as out:
+        json.dump(truth, out, indent=2)
+        out.write("\n")
+    os.replace(tmp, path)
+
+
+def finish(workload, baseline, threads=(), daemons=(), records=(), **fields):
+    """Last steps of the main thread, after every non-daemon thread ended.
+
+    Collects the records of ``threads`` (joined), ``records`` (gathered some
+    other way) and ``daemons`` (read from /proc), then reads the main
+    thread's own counters and writes the truth file with ``fields`` added at
+    the top level.
+    """
+    others = [t.take_record() for t in threads]
+    others.extend(records)
+    others.extend(d.record_from_proc() for d in daemons)
+    main = current_thread_record("main", None, [])
+    main["baseline"] = baseline
+    write(workload, [main] + others, **fields)
+    # End the process here: interpreter shutdown would run on the main thread after its
+    # counters were read. Daemon threads end with the process, as they would anyway.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,174 @@
+//! Per-thread state and aggregates kept in the `THREADS` map.
+
+/// Number of log2 buckets in a [`ThreadStats`] histogram: bucket `i` counts durations `d`
+/// with `2^(i-1) <= d < 2^i` nanoseconds (bucket 0: `d == 0`); the last one is open-ended.
+pub const HISTOGRAM_BUCKETS: usize = 40;
+
+/// Scheduler state of a thread as the programs last saw it.
+pub mod state {
+    /// Not seen since the capture started.
+    pub const UNKNOWN: u32 = 0;
+    /// Running on a CPU since `since_ns`.
+    pub const ON_CPU: u32 = 1;
+    /// Runnable, waiting in a run queue since `since_ns`.
+    pub const QUEUED: u32 = 2;
+    /// Switched out and not runnable since `since_ns`.
+    pub const BLOCKED: u32 = 3;
+    /// Exited (`sched_process_exit`) at `since_ns`: the kernel's teardown of the thread after
+    /// that is not charged to it, as `/proc` can no longer show it.
+    pub const EXITED: u32 = 4;
+}
+
+/// [`ThreadStats::flags`]: the thread was created while traced, so the kernel's counters
+/// for it started at zero within the capture.
+pub const BORN_TRACED: u32 = 1;
+
+/// Scheduler counters, as the kernel keeps them or as the programs derive them from events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub on_cpu_ns: u64,
+    pub runqueue_wait_ns: u64,
+}
+
+impl Counts {
+    pub const ZERO: Self = Self {
+        voluntary_switches: 0,
+        involuntary_switches: 0,
+        on_cpu_ns: 0,
+        runqueue_wait_ns: 0,
+    };
+}
+
+/// The kernel's counters for a thread (`task_struct`) read when it left a CPU, with the
+/// programs' derived counts at that same moment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub kernel: Counts,
+    pub derived: Counts,
+}
+
+/// One thread's state and counters. Counters cover only the time the thread was traced.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadStats {
+    /// Thread group id; 0 until the thread has been seen running.
+    pub tgid: u32,
+    /// One of [`state`].
+    pub state: u32,
+    /// [`BORN_TRACED`] or 0.
+    pub flags: u32,
+    /// Number of [`Snapshot`]s taken (switches out with the kernel's counters read).
+    pub snapshots: u32,
+    /// At the first and the latest snapshot.
+    pub first: Snapshot,
+    pub last: Snapshot,
+    /// When the thread entered `state`.
+    pub since_ns: u64,
+    /// Switches the kernel counts in `nvcsw` (the thread blocked).
+    pub voluntary_switches: u64,
+    /// Switches the kernel counts in `nivcsw` (the thread was preempted or yielded).
+    pub involuntary_switches: u64,
+    /// Time on a CPU.
+    pub on_cpu_ns: u64,
+    /// Time runnable but waiting for a CPU.
+    pub runqueue_wait_ns: u64,
+    /// Number of run-queue waits that ended on a CPU.
+    pub runqueue_waits: u64,
+    /// Time switched out and not runnable.
+    pub off_cpu_ns: u64,
+    /// Futex wait calls that returned.
+    pub futex_waits: u64,
+    /// Time spent in those calls.
+    pub futex_wait_ns: u64,
+    /// Log2 histogram of run-queue waits.
+    pub runqueue_hist: [u32; HISTOGRAM_BUCKETS],
+    /// Log2 histogram of futex wait calls.
+    pub futex_hist: [u32; HISTOGRAM_BUCKETS],
+}
+
+impl ThreadStats {
+    /// A thread first seen at `now_ns` in `state`.
+    pub const fn new(tgid: u32, state: u32, now_ns: u64) -> Self {
+        Self {
+            tgid,
+            state,
+            flags: 0,
+            snapshots: 0,
+            first: Snapshot {
+                kernel: Counts::ZERO,
+                derived: Counts::ZERO,
+            },
+            last: Snapshot {
+                kernel: Counts::ZERO,
+                derived: Counts::ZERO,
+            },
+            since_ns: now_ns,
+            voluntary_switches: 0,
+            involuntary_switches: 0,
+            on_cpu_ns: 0,
+            runqueue_wait_ns: 0,
+            runqueue_waits: 0,
+            off_cpu_ns: 0,
+            futex_waits: 0,
+            futex_wait_ns: 0,
+            runqueue_hist: [0; HISTOGRAM_BUCKETS],
+            futex_hist: [0; HISTOGRAM_BUCKETS],
+        }
+    }
+}
+
+impl ThreadStats {
+    /// This side's counts so far.
+    pub const fn derived(&self) -> Counts {
+        Counts {
+            voluntary_switches: self.voluntary_switches,
+            involuntary_switches: self.involuntary_switches,
+            on_cpu_ns: self.on_cpu_ns,
+            runqueue_wait_ns: self.runqueue_wait_ns,
+        }
+    }
+}
+
+/// The histogram bucket for a duration in nanoseconds: its bit length, capped.
+#[inline(always)]
+pub const fn histogram_bucket(ns: u64) -> usize {
+    let bits = (u64::BITS - ns.leading_zeros()) as usize;
+    if bits < HISTOGRAM_BUCKETS {
+        bits
+    } else {
+        HISTOGRAM_BUCKETS - 1
+    }
+}
+
+/// The exclusive upper bound of bucket `i` in nanoseconds (`None` for the open-ended last one).
+pub const fn histogram_upper_bound_ns(i: usize) -> Option<u64> {
+    if i + 1 >= HISTOGRAM_BUCKETS {
+        None
+    } else {
+        Some(1 << i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_bit_lengths() {
+        assert_eq!(histogram_bucket(0), 0);
+        assert_eq!(histogram_bucket(1), 1);
+        assert_eq!(histogram_bucket(2), 2);
+        assert_eq!(histogram_bucket(3), 2);
+        assert_eq!(histogram_bucket(1024), 11);
+        assert_eq!(histogram_bucket(u64::MAX), HISTOGRAM_BUCKETS - 1);
+        // Every duration is below its bucket's upper bound.
+        for ns in [0u64, 1, 5, 1000, 123_456_789] {
+            let b = histogram_bucket(ns);
+            assert!(histogram_upper_bound_ns(b).is_none_or(|up| ns < up), "{ns}");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Futex wait tracepoints: `sys_enter_futex`/`sys_exit_futex` for every op that can block,
+//! and `sys_enter_futex_waitv`/`sys_exit_futex_waitv`.
+
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use tracer_common::event::{EventKind, FUTEX_WAITV_OP, FutexWait, is_futex_wait};
+
+use crate::maps::{FUTEX_CALLS, FutexCall, current, emit, fields, header, now_ns, observe, thread};
+
+/// Offset of `uaddr` in the user's `struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 __reserved; }`,
+/// a fixed user ABI.
+const WAITV_UADDR_OFFSET: usize = 8;
+
+#[tracepoint]
+pub fn sys_enter_futex(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_futex(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_futex_waitv(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_futex_waitv(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_futex(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_futex_waitv(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+fn try_enter_futex(ctx: &TracePointContext) -> Result<(), i32> {
+    let f = fields();
+    // SAFETY: offsets come from the tracepoint's own format file.
+    let (uaddr, op) = unsafe {
+        (
+            ctx.read_at::<u64>(f.futex_uaddr as usize)?,
+            ctx.read_at::<u32>(f.futex_op as usize)?,
+        )
+    };
+    if !is_futex_wait(op) {
+        return Ok(());
+    }
+    enter(uaddr, op, 1)
+}
+
+fn try_enter_futex_waitv(ctx: &TracePointContext) -> Result<(), i32> {
+    let f = fields();
+    // SAFETY: offsets come from the tracepoint's own format file.
+    let (waiters, nr_futexes) = unsafe {
+        (
+            ctx.read_at::<u64>(f.waitv_waiters as usize)?,
+            ctx.read_at::<u32>(f.waitv_nr_futexes as usize)?,
+        )
+    };
+    // SAFETY: a checked read of user memory; a fault leaves the address unknown (0).
+    let uaddr = unsafe {
+        bpf_probe_read_user((waiters as usize + WAITV_UADDR_OFFSET) as *const u64).unwrap_or(0)
+    };
+    enter(uaddr, FUTEX_WAITV_OP, nr_futexes)
+}
+
+#[inline(always)]
+fn enter(uaddr: u64, op: u32, nr_futexes: u32) -> Result<(), i32> {
+    let (tid, tgid) = current();
+    let now = now_ns();
+    if thread(tid, tgid, now).is_none() {
+        return Ok(());
+    }
+    let call = FutexCall {
+        start_ns: now,
+        uaddr,
+        op,
+        nr_futexes,
+    };
+    FUTEX_CALLS.insert(tid, call, 0).map_err(|e| e as i32)
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tid, tgid) = current();
+    // SAFETY: plain copy of the value; the entry is removed right after.
+    let Some(call) = (unsafe { FUTEX_CALLS.get(tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = FUTEX_CALLS.remove(tid);
+    let f = fields();
+    // SAFETY: offset from the tracepoint's own format file.
+    let ret = unsafe { ctx.read_at::<i64>(f.sys_exit_ret as usize)? };
+    let now = now_ns();
+    let waited = now.saturating_sub(call.start_ns);
+    if let Some(t) = thread(tid, tgid, now) {
+        t.futex_waits += 1;
+        t.futex_wait_ns += waited;
+        observe(&mut t.futex_hist, waited);
+    }
+    emit(EventKind::FutexWait, || FutexWait {
+        header: header(EventKind::FutexWait, now),
+        tid,
+        tgid,
+        uaddr: call.uaddr,
+        start_ns: call.start_ns,
+        op: call.op,
+        nr_futexes: call.nr_futexes,
+        ret,
+    });
+    Ok(())
+}

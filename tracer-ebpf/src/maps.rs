@@ -1,0 +1,170 @@
+//! Maps and globals shared by every program, and the helpers that use them.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    event::{EventKind, Header},
+    fields::{Fields, Settings},
+    thread::{ThreadStats, histogram_bucket, state},
+};
+
+/// Tracepoint field offsets, set by user space at load time.
+#[unsafe(no_mangle)]
+static FIELDS: Fields = Fields::UNSET;
+
+/// What to trace, set by user space at load time.
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings::UNSET;
+
+#[map]
+pub static THREADS: HashMap<u32, ThreadStats> = HashMap::with_max_entries(16384, 0);
+
+#[map]
+pub static PROCESSES: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventKind::COUNT, 0);
+
+/// Zeroed template for new `THREADS` entries: too large for the eBPF stack.
+#[map]
+static NEW_THREAD: PerCpuArray<ThreadStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn fields() -> Fields {
+    // SAFETY: a plain read of a global that user space rewrites before loading; the volatile
+    // read keeps the compiler from folding in the placeholder.
+    unsafe { core::ptr::read_volatile(&FIELDS) }
+}
+
+#[inline(always)]
+pub fn settings() -> Settings {
+    // SAFETY: as in `fields`.
+    unsafe { core::ptr::read_volatile(&SETTINGS) }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// `(tid, tgid)` of the current thread.
+#[inline(always)]
+pub fn current() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    (id as u32, (id >> 32) as u32)
+}
+
+#[inline(always)]
+pub fn header(kind: EventKind, ts_ns: u64) -> Header {
+    Header {
+        kind: kind as u32,
+        // SAFETY: no preconditions.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ts_ns,
+    }
+}
+
+/// The traced thread `tid`, if it is traced. In unfiltered mode every thread is, and an
+/// entry is made on first sight (`tgid` 0 when not known yet).
+#[inline(always)]
+pub fn thread(tid: u32, tgid: u32, now: u64) -> Option<&'static mut ThreadStats> {
+    if let Some(t) = THREADS.get_ptr_mut(tid) {
+        // SAFETY: map values stay valid for the program's run.
+        return Some(unsafe { &mut *t });
+    }
+    if settings().filtered != 0 {
+        return None;
+    }
+    insert_thread(tid, tgid, now, 0)
+}
+
+/// Makes a `THREADS` entry for `tid` in state `UNKNOWN` since `now`, with `flags`.
+#[inline(always)]
+pub fn insert_thread(
+    tid: u32,
+    tgid: u32,
+    now: u64,
+    flags: u32,
+) -> Option<&'static mut ThreadStats> {
+    let template = NEW_THREAD.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU slot is only used by this program run; its counters stay zero.
+    let template = unsafe { &mut *template };
+    template.tgid = tgid;
+    template.state = state::UNKNOWN;
+    template.since_ns = now;
+    template.flags = flags;
+    THREADS.insert(tid, template, 0).ok()?;
+    // SAFETY: as in `thread`.
+    THREADS.get_ptr_mut(tid).map(|t| unsafe { &mut *t })
+}
+
+/// Counts an event that did not fit in the ring buffer.
+#[inline(always)]
+pub fn count_lost(kind: EventKind) {
+    if let Some(n) = LOST.get_ptr_mut(kind as u32) {
+        // SAFETY: per-CPU slot; no other writer on this CPU while we run.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Writes the record `make` builds to the ring buffer if `kind` is streamed, counting it
+/// lost when the buffer is full. `make` runs only when the record is wanted.
+#[inline(always)]
+pub fn emit<T: 'static>(kind: EventKind, make: impl FnOnce() -> T) {
+    if !settings().streams(kind) {
+        return;
+    }
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(make());
+            entry.submit(wakeup_flags());
+        }
+        None => count_lost(kind),
+    }
+}
+
+/// Bytes waiting in the ring buffer above which the reader is woken at once.
+const WAKEUP_BYTES: u64 = 1 << 20;
+
+/// Waking the reader on every record would make it preempt the very threads it traces, and
+/// each of its wakeups would cause more records: it drains on a timer instead, and is woken
+/// early only when the buffer fills up.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Adds `ns` to a log2 histogram.
+#[inline(always)]
+pub fn observe(hist: &mut [u32; tracer_common::thread::HISTOGRAM_BUCKETS], ns: u64) {
+    // The optimiser knows the bucket is in range and would drop the check below, which the
+    // verifier needs to see; `black_box` hides the value from it.
+    let bucket = core::hint::black_box(histogram_bucket(ns));
+    if let Some(slot) = hist.get_mut(bucket) {
+        *slot += 1;
+    }
+}
+
+/// A futex wait call in flight.
+#[derive(Clone, Copy)]
+pub struct FutexCall {
+    pub start_ns: u64,
+    pub uaddr: u64,
+    pub op: u32,
+    pub nr_futexes: u32,
+}
+
+#[map]
+pub static FUTEX_CALLS: HashMap<u32, FutexCall> = HashMap::with_max_entries(16384, 0);

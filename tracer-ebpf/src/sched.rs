@@ -1,0 +1,191 @@
+//! Scheduler tracepoints: `sched_switch`, `sched_wakeup`, `sched_wakeup_new`.
+//!
+//! A thread moves between three states: on a CPU, queued (runnable, waiting for a CPU) and
+//! blocked. Time in each is charged when the thread leaves it; the kernel counts a switch as
+//! voluntary exactly when the thread left the CPU in a sleeping state without being preempted.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    event::{EventKind, Switch, Wakeup},
+    fields::Fields,
+    thread::{BORN_TRACED, Counts, Snapshot, state},
+};
+
+use crate::maps::{current, emit, fields, header, now_ns, observe, thread};
+
+#[tracepoint]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_switch(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_wakeup(&ctx, false);
+    0
+}
+
+#[tracepoint]
+pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_wakeup(&ctx, true);
+    0
+}
+
+fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
+    let f = fields();
+    // SAFETY: offsets come from the tracepoint's own format file.
+    let (prev_tid, next_tid, prev_state, prev_prio, next_prio) = unsafe {
+        (
+            ctx.read_at::<i32>(f.switch_prev_pid as usize)? as u32,
+            ctx.read_at::<i32>(f.switch_next_pid as usize)? as u32,
+            ctx.read_at::<u64>(f.switch_prev_state as usize)?,
+            ctx.read_at::<i32>(f.switch_prev_prio as usize)?,
+            ctx.read_at::<i32>(f.switch_next_prio as usize)?,
+        )
+    };
+    let now = now_ns();
+    // `__schedule` counts `nvcsw` when the task was not preempted and its state was not
+    // TASK_RUNNING; the tracepoint reports preemption as the `TASK_REPORT_MAX` bit.
+    let voluntary =
+        prev_state & f.switch_preempt_bit == 0 && prev_state & f.switch_state_mask != 0;
+
+
+    let (_, prev_tgid) = current();
+    let mut traced = false;
+    let mut voluntary = voluntary;
+    if prev_tid != 0
+        && let Some(t) = thread(prev_tid, prev_tgid, now)
+        && t.state != state::EXITED
+    {
+        traced = true;
+        t.tgid = prev_tgid;
+        let kernel = task_counts(&f);
+        // With a known starting point, the kernel's own count says which kind this switch was
+        // (it tells a sleep cut short by a signal, which the tracepoint shows as running).
+        if let Some(kernel) = kernel
+            && (t.snapshots > 0 || t.flags & BORN_TRACED != 0)
+        {
+            voluntary = kernel.voluntary_switches > t.last.kernel.voluntary_switches;
+        }
+        if t.state == state::ON_CPU || t.state == state::UNKNOWN {
+            t.on_cpu_ns += now.saturating_sub(t.since_ns);
+        }
+        if voluntary {
+            t.voluntary_switches += 1;
+            t.state = state::BLOCKED;
+        } else {
+            t.involuntary_switches += 1;
+            t.state = state::QUEUED;
+        }
+        t.since_ns = now;
+        if let Some(kernel) = kernel {
+            t.last = Snapshot {
+                kernel,
+                derived: t.derived(),
+            };
+            if t.snapshots == 0 {
+                t.first = t.last;
+            }
+            t.snapshots += 1;
+        }
+    }
+
+    let mut next_tgid = 0;
+    if next_tid != 0
+        && let Some(t) = thread(next_tid, 0, now)
+        && t.state != state::EXITED
+    {
+        traced = true;
+        next_tgid = t.tgid;
+        if t.state == state::QUEUED || t.state == state::UNKNOWN {
+            let waited = now.saturating_sub(t.since_ns);
+            t.runqueue_wait_ns += waited;
+            t.runqueue_waits += 1;
+            observe(&mut t.runqueue_hist, waited);
+        }
+        t.state = state::ON_CPU;
+        t.since_ns = now;
+    }
+
+    if traced {
+        emit(EventKind::Switch, || Switch {
+            header: header(EventKind::Switch, now),
+            prev_tid,
+            prev_tgid: if prev_tid == 0 { 0 } else { prev_tgid },
+            next_tid,
+            next_tgid,
+            prev_state,
+            prev_prio,
+            next_prio,
+            voluntary: voluntary as u32,
+            _pad: 0,
+        });
+    }
+    Ok(())
+}
+
+/// The kernel's counters of the current task, when their offsets are known.
+#[inline(always)]
+fn task_counts(f: &Fields) -> Option<Counts> {
+    if f.task_counters == 0 {
+        return None;
+    }
+    // SAFETY: the current task is valid while its program runs.
+    let task = unsafe { bpf_get_current_task() } as usize;
+    let read = |offset: u32| {
+        // SAFETY: a checked read of kernel memory at an offset from this kernel's BTF.
+        unsafe { bpf_probe_read_kernel((task + offset as usize) as *const u64) }.ok()
+    };
+    Some(Counts {
+        voluntary_switches: read(f.task_nvcsw)?,
+        involuntary_switches: read(f.task_nivcsw)?,
+        on_cpu_ns: read(f.task_sum_exec_runtime)?,
+        runqueue_wait_ns: read(f.task_run_delay)?,
+    })
+}
+
+fn try_sched_wakeup(ctx: &TracePointContext, new_task: bool) -> Result<(), i32> {
+    let f = fields();
+    // SAFETY: offsets come from the tracepoint's own format file.
+    let (tid, prio, target_cpu) = unsafe {
+        (
+            ctx.read_at::<i32>(f.wakeup_pid as usize)? as u32,
+            ctx.read_at::<i32>(f.wakeup_prio as usize)?,
+            ctx.read_at::<i32>(f.wakeup_target_cpu as usize)? as u32,
+        )
+    };
+    if tid == 0 {
+        return Ok(());
+    }
+    let now = now_ns();
+    let Some(t) = thread(tid, 0, now) else {
+        return Ok(());
+    };
+    match t.state {
+        // A wakeup that raced with the thread going to sleep: it never left the CPU.
+        state::ON_CPU | state::QUEUED | state::EXITED => {}
+        _ => {
+            if t.state == state::BLOCKED || t.state == state::UNKNOWN {
+                t.off_cpu_ns += now.saturating_sub(t.since_ns);
+            }
+            t.state = state::QUEUED;
+            t.since_ns = now;
+        }
+    }
+    let tgid = t.tgid;
+    let (current_tid, _) = current();
+    emit(EventKind::Wakeup, || Wakeup {
+        header: header(EventKind::Wakeup, now),
+        tid,
+        tgid,
+        current_tid,
+        target_cpu,
+        prio,
+        new_task: new_task as u32,
+    });
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Processes and threads as `/proc` shows them.
+
+use std::{fs, io, path::PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A process's directory under `/proc`.
+fn process_dir(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}"))
+}
+
+/// Whether `pid` is a running process (a thread group leader, not a zombie).
+pub fn process_exists(pid: u32) -> bool {
+    match thread_group_of(pid) {
+        Ok(tgid) => tgid == pid && !is_zombie(pid),
+        Err(_) => false,
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(process_dir(pid).join("stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// The thread group (process) id of thread `tid`.
+pub fn thread_group_of(tid: u32) -> io::Result<u32> {
+    let status = fs::read_to_string(process_dir(tid).join("status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:")?.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Tgid in status"))
+}
+
+/// The thread ids of process `pid`.
+pub fn threads(pid: u32) -> Result<Vec<u32>> {
+    let dir = process_dir(pid).join("task");
+    let entries = fs::read_dir(&dir).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::NoSuchProcess(pid),
+        _ => Error::io(format!("listing {}", dir.display()), e),
+    })?;
+    let mut tids: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// The kernel name (`comm`) of thread `tid` of process `pid`, if it still exists.
+pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
+    let raw = fs::read(process_dir(pid).join("task").join(tid.to_string()).join("comm")).ok()?;
+    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    Some(String::from_utf8_lossy(raw).into_owned())
+}
+
+/// Whether thread `tid` of process `pid` is running or runnable right now (`R` in its stat).
+pub fn thread_is_runnable(pid: u32, tid: u32) -> bool {
+    fs::read_to_string(process_dir(pid).join("task").join(tid.to_string()).join("stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('R')))
+        .unwrap_or(false)
+}
+
+/// The command line of process `pid`, arguments joined by spaces (its comm if it has none).
+pub fn command_line(pid: u32) -> Option<String> {
+    let raw = fs::read(process_dir(pid).join("cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if args.is_empty() {
+        thread_comm(pid, pid)
+    } else {
+        Some(args.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_seen_with_its_threads() {
+        let pid = std::process::id();
+        assert!(process_exists(pid));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::Builder::new()
+            .name("procfs-probe".into())
+            .spawn(move || {
+                // SAFETY: no preconditions.
+                tx.send(unsafe { libc::gettid() } as u32).unwrap();
+                done_rx.recv().unwrap();
+            })
+            .unwrap();
+        let tid = rx.recv().unwrap();
+        let tids = threads(pid).unwrap();
+        assert!(tids.contains(&pid) && tids.contains(&tid), "{tids:?}");
+        assert_eq!(thread_comm(pid, tid).as_deref(), Some("procfs-probe"));
+        assert_eq!(thread_group_of(tid).unwrap(), pid);
+        done_tx.send(()).unwrap();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn a_missing_process_is_reported_as_such() {
+        // Pids are below 2^22 on Linux.
+        let missing = 4_194_304 + 17;
+        assert!(!process_exists(missing));
+        assert!(matches!(threads(missing), Err(Error::NoSuchProcess(p)) if p == missing));
+    }
+}

@@ -1,0 +1,17 @@
+//! `tracer`: per-thread scheduling, futex and lifecycle tracing with eBPF.
+
+mod capture;
+mod check;
+mod cli;
+mod error;
+mod kernel;
+mod probes;
+mod record;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    cli::run(cli::Cli::parse())
+}

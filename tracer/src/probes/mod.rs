@@ -1,0 +1,220 @@
+//! Loading tracer's eBPF programs, attaching them, and reading what they keep.
+
+pub mod fields;
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tracer_common::{
+    event::EventKind,
+    fields::{Fields, Settings},
+    names,
+    thread::{ThreadStats, state},
+};
+
+use crate::{
+    error::{Error, Result},
+    kernel::{monotonic_ns, tracefs},
+};
+
+/// The eBPF object built by `build.rs`, embedded in the binary.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
+
+/// Program name, tracepoint category and tracepoint name, in attach order: lifecycle first,
+/// so that no thread is created unseen once scheduling events flow.
+const PROGRAMS: [(&str, &str, &str); 10] = [
+    ("task_newtask", "task", "task_newtask"),
+    ("task_rename", "task", "task_rename"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sched_wakeup_new", "sched", "sched_wakeup_new"),
+    ("sched_wakeup", "sched", "sched_wakeup"),
+    ("sched_switch", "sched", "sched_switch"),
+    ("sys_enter_futex", "syscalls", "sys_enter_futex"),
+    ("sys_exit_futex", "syscalls", "sys_exit_futex"),
+    ("sys_enter_futex_waitv", "syscalls", "sys_enter_futex_waitv"),
+    ("sys_exit_futex_waitv", "syscalls", "sys_exit_futex_waitv"),
+];
+
+/// How the programs are loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Trace only the processes given to [`Probes::track_process`] (a capture), or every
+    /// thread on the machine (the daemon).
+    pub filtered: bool,
+    /// Event kinds to stream through the ring buffer.
+    pub stream: &'static [EventKind],
+    /// Capacity of the per-thread map.
+    pub max_threads: u32,
+}
+
+/// tracer's programs, loaded into the kernel.
+pub struct Probes {
+    ebpf: Ebpf,
+    fields: Fields,
+}
+
+impl Probes {
+    /// Reads this kernel's tracepoint layouts (mounting tracefs if needed) and loads the
+    /// programs through the verifier. Nothing is attached yet.
+    pub fn load(options: Options) -> Result<Self> {
+        let root = tracefs::root()?;
+        let mut fields = fields::from_tracefs(&root)?;
+        if let Err(why) = fields::add_task_counters(&mut fields) {
+            eprintln!(
+                "tracer: warning: counting from events alone, without the kernel's per-thread \
+                 counters ({why})"
+            );
+        }
+        raise_memlock_limit();
+        let settings = Settings {
+            filtered: u32::from(options.filtered),
+            stream: options.stream.iter().fold(0, |mask, kind| mask | kind.bit()),
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::FIELDS, &fields, true)
+            .override_global(names::SETTINGS, &settings, true)
+            .map_max_entries(names::THREADS, options.max_threads)
+            .load(OBJECT)
+            .map_err(|e| Error::Load(error_chain(&e)))?;
+        for (program, category, name) in PROGRAMS {
+            if fields.waitv_waiters == 0 && category == "syscalls" && name.ends_with("waitv") {
+                continue;
+            }
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| Error::Load(format!("program {program} missing from the object")))?
+                .try_into()
+                .map_err(|e| Error::Load(error_chain(&e)))?;
+            tp.load()
+                .map_err(|e| Error::Load(format!("{program}: {}", error_chain(&e))))?;
+        }
+        Ok(Self { ebpf, fields })
+    }
+
+    /// Starts tracing process `tgid`: its threads `tids` now, and every thread it creates.
+    pub fn track_process(&mut self, tgid: u32, tids: &[u32]) -> Result<()> {
+        let mut processes: HashMap<_, u32, u8> = self.map_mut(names::PROCESSES)?;
+        processes
+            .insert(tgid, 1, 0)
+            .map_err(|e| Error::Load(format!("tracking process {tgid}: {}", error_chain(&e))))?;
+        let now = monotonic_ns();
+        let mut threads: HashMap<_, u32, ThreadStats> = self.map_mut(names::THREADS)?;
+        for &tid in tids {
+            // A thread already seen (by a new-task event) keeps its state.
+            if threads.get(&tid, 0).is_err() {
+                threads
+                    .insert(tid, ThreadStats::new(tgid, state::UNKNOWN, now), 0)
+                    .map_err(|e| Error::Load(format!("tracking thread {tid}: {}", error_chain(&e))))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches every program to its tracepoint.
+    pub fn attach(&mut self) -> Result<()> {
+        for (program, category, name) in PROGRAMS {
+            if self.fields.waitv_waiters == 0 && name.ends_with("waitv") {
+                continue;
+            }
+            let tp: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| Error::Load(format!("program {program} missing from the object")))?;
+            tp.attach(category, name).map_err(|e| Error::Attach {
+                program: program.into(),
+                category: category.into(),
+                name: name.into(),
+                message: error_chain(&e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The ring buffer of events. Call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or_else(|| Error::Load("map EVENTS missing".into()))?;
+        RingBuf::try_from(map).map_err(|e| Error::Load(error_chain(&e)))
+    }
+
+    /// What the programs keep for thread `tid`.
+    pub fn thread(&self, tid: u32) -> Option<ThreadStats> {
+        let threads: HashMap<_, u32, ThreadStats> = self.map(names::THREADS).ok()?;
+        threads.get(&tid, 0).ok()
+    }
+
+    /// Events that did not fit in the ring buffer, by kind (index: `EventKind as usize`).
+    pub fn lost(&self) -> [u64; EventKind::COUNT as usize] {
+        let mut lost = [0; EventKind::COUNT as usize];
+        let Ok(map) = self.map::<PerCpuArray<_, u64>>(names::LOST) else {
+            return lost;
+        };
+        for (i, slot) in lost.iter_mut().enumerate() {
+            if let Ok(per_cpu) = map.get(&(i as u32), 0) {
+                *slot = per_cpu.iter().sum();
+            }
+        }
+        lost
+    }
+
+    fn map<'a, M>(&'a self, name: &str) -> Result<M>
+    where
+        M: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or_else(|| Error::Load(format!("map {name} missing from the object")))?;
+        M::try_from(map).map_err(|e| Error::Load(format!("map {name}: {}", error_chain(&e))))
+    }
+
+    fn map_mut<'a, M>(&'a mut self, name: &str) -> Result<M>
+    where
+        M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| Error::Load(format!("map {name} missing from the object")))?;
+        M::try_from(map).map_err(|e| Error::Load(format!("map {name}: {}", error_chain(&e))))
+    }
+}
+
+/// How often the ring buffer is drained when the programs did not ask for it sooner.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How long to keep reading after a capture stops, for events still in flight
+/// (a thread's last switch comes after its exit event).
+pub const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+/// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`; lift it where allowed.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit; failure leaves the limit as it was.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+/// An error and its causes, joined by `: `.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,342 @@
+//! `tracer record`: one capture of one process, from attach to its end.
+
+pub mod launch;
+
+use std::{
+    ffi::OsString,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+use tracer_common::event::EventKind;
+
+use crate::{
+    capture::{
+        events::Event,
+        jsonl::EventWriter,
+        summary::{Counters, SCHEMA, Summary, ThreadSummary},
+        table,
+        threads::ThreadTable,
+    },
+    error::{Error, Result},
+    kernel::{monotonic_ns, privileges, procfs},
+    probes::{self, DRAIN_GRACE, Options, Probes},
+};
+
+/// What to record and where to put it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub target: Target,
+    pub duration: Option<Duration>,
+    /// Files to write, each in the format its extension names.
+    pub outputs: Vec<PathBuf>,
+}
+
+/// The process a capture follows.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A running process.
+    Pid(u32),
+    /// A command started once the probes are attached.
+    Command(Vec<OsString>),
+}
+
+/// The files a capture writes, by their extension.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputKind {
+    Summary,
+    Events,
+}
+
+impl OutputKind {
+    /// The format of `path`, from its extension.
+    pub fn of(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Ok(Self::Summary),
+            Some("jsonl") => Ok(Self::Events),
+            _ => Err(Error::OutputFormat(path.to_owned())),
+        }
+    }
+}
+
+/// The files of one capture, at most one per format.
+#[derive(Debug, Default)]
+struct Outputs {
+    summary: Option<PathBuf>,
+    events: Option<PathBuf>,
+}
+
+impl Outputs {
+    fn plan(paths: &[PathBuf]) -> Result<Self> {
+        let mut outputs = Self::default();
+        for path in paths {
+            let slot = match OutputKind::of(path)? {
+                OutputKind::Summary => &mut outputs.summary,
+                OutputKind::Events => &mut outputs.events,
+            };
+            if slot.replace(path.clone()).is_some() {
+                return Err(Error::DuplicateOutput(path.clone()));
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+/// Fails early when `path` cannot be written, without truncating what is there.
+fn check_writable(path: &Path) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|source| Error::Output {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Why a capture ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    TargetExited,
+    Duration,
+    Signal(&'static str),
+}
+
+/// Runs a capture and writes its outputs; returns the summary.
+pub fn run(request: Request) -> Result<Summary> {
+    let outputs = Outputs::plan(&request.outputs)?;
+    privileges::require_tracing("record")?;
+    // The command is forked before any other thread exists in this process.
+    let held = match &request.target {
+        Target::Pid(pid) => {
+            if !procfs::process_exists(*pid) {
+                return Err(Error::NoSuchProcess(*pid));
+            }
+            None
+        }
+        Target::Command(argv) => Some(launch::hold(argv)?),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the event loop", e))?;
+    runtime.block_on(capture(request, outputs, held))
+}
+
+async fn capture(request: Request, outputs: Outputs, held: Option<launch::Held>) -> Result<Summary> {
+    let pid = match (&request.target, &held) {
+        (_, Some(h)) => h.pid,
+        (Target::Pid(pid), None) => *pid,
+        (Target::Command(_), None) => unreachable!("a command target is always held"),
+    };
+    // Open outputs first: a bad path fails before anything is traced.
+    let mut events_out = outputs.events.as_deref().map(EventWriter::create).transpose()?;
+    if let Some(path) = &outputs.summary {
+        check_writable(path)?;
+    }
+
+    let mut probes = Probes::load(Options {
+        filtered: true,
+        stream: &EventKind::ALL,
+        max_threads: 16384,
+    })?;
+    let mut table = ThreadTable::default();
+    let tids = procfs::threads(pid)?;
+    probes.track_process(pid, &tids)?;
+    probes.attach()?;
+    let started_ns = monotonic_ns();
+    // Threads created between the listing and the attach were not seen by task_newtask.
+    let tids = procfs::threads(pid).unwrap_or(tids);
+    probes.track_process(pid, &tids)?;
+    for &tid in &tids {
+        let comm = procfs::thread_comm(pid, tid).unwrap_or_default();
+        table.add_existing(pid, tid, comm);
+    }
+    let command = match &request.target {
+        Target::Command(argv) => argv
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "),
+        Target::Pid(_) => procfs::command_line(pid).unwrap_or_default(),
+    };
+    let exited = pidfd(pid)?;
+    // SAFETY: the ring buffer owns its descriptor and keeps it open until it is dropped,
+    // which only happens with the `AsyncFd`.
+    let mut ring = unsafe { AsyncFd::register(probes.take_events()?) }
+        .map_err(|e| Error::io("watching the event ring buffer", e.into()))?;
+    if let Some(held) = held {
+        held.release()?;
+    }
+    eprintln!(
+        "tracer: recording pid {pid} ({} threads); Ctrl-C to stop",
+        tids.len()
+    );
+
+    let stop = watch(&mut ring, &exited, request.duration, &mut table, &mut events_out).await?;
+    let end_ns = monotonic_ns();
+    // Events in flight (a thread's final switch comes after its exit event) still count.
+    tokio::time::sleep(DRAIN_GRACE).await;
+    drain(ring.get_mut(), &mut table, &mut events_out)?;
+
+    if stop == Stop::TargetExited && matches!(request.target, Target::Command(_)) {
+        if let Some(status) = launch::reap(pid) {
+            eprintln!(
+                "tracer: `{}` {}",
+                table::printable(&command),
+                launch::describe_status(status)
+            );
+        }
+    }
+    let lost = probes.lost();
+    let summary = summarize(&probes, &table, pid, command, started_ns, end_ns, &lost);
+    if let Some(writer) = events_out {
+        writer.finish()?;
+    }
+    if let Some(path) = &outputs.summary {
+        summary.write(path)?;
+    }
+    if let Stop::Signal(name) = stop {
+        eprintln!("tracer: stopped by {name}");
+    }
+    report_lost(&lost);
+    print!("{}", table::render(&summary));
+    Ok(summary)
+}
+
+/// Reads events until the target exits, the duration passes or a signal asks to stop.
+async fn watch(
+    ring: &mut AsyncFd<RingBuf<MapData>>,
+    exited: &AsyncFd<OwnedFd>,
+    duration: Option<Duration>,
+    table: &mut ThreadTable,
+    events_out: &mut Option<EventWriter>,
+) -> Result<Stop> {
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("handling SIGINT", e))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("handling SIGTERM", e))?;
+    let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(deadline);
+    // The programs wake us only when the buffer fills up; otherwise it is drained on a timer.
+    let mut tick = tokio::time::interval(probes::DRAIN_INTERVAL);
+    loop {
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = ready.map_err(|e| Error::io("reading events", e))?;
+                drain(guard.get_inner_mut(), table, events_out)?;
+                guard.clear_ready();
+            }
+            _ = tick.tick() => drain(ring.get_mut(), table, events_out)?,
+            _ = exited.readable() => return Ok(Stop::TargetExited),
+            () = &mut deadline, if duration.is_some() => return Ok(Stop::Duration),
+            _ = interrupt.recv() => return Ok(Stop::Signal("SIGINT")),
+            _ = terminate.recv() => return Ok(Stop::Signal("SIGTERM")),
+        }
+    }
+}
+
+/// Handles every event waiting in the ring buffer.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    table: &mut ThreadTable,
+    events_out: &mut Option<EventWriter>,
+) -> Result<()> {
+    while let Some(item) = ring.next() {
+        let Some(event) = Event::decode(&item) else {
+            continue;
+        };
+        table.apply(&event);
+        if let Some(out) = events_out.as_mut() {
+            out.write(&event)?;
+        }
+    }
+    Ok(())
+}
+
+fn summarize(
+    probes: &Probes,
+    table: &ThreadTable,
+    pid: u32,
+    command: String,
+    started_ns: u64,
+    end_ns: u64,
+    lost: &[u64],
+) -> Summary {
+    let threads = table
+        .iter()
+        .map(|info| {
+            let alive = info.exited_ns.is_none() && procfs::thread_comm(info.pid, info.tid).is_some();
+            let mut info = info.clone();
+            if let Some(comm) = alive.then(|| procfs::thread_comm(info.pid, info.tid)).flatten() {
+                info.comm = comm;
+            }
+            let counters = probes
+                .thread(info.tid)
+                .map(|stats| {
+                    let runnable = alive && procfs::thread_is_runnable(info.pid, info.tid);
+                    Counters::settle(&stats, end_ns, alive, runnable)
+                })
+                .unwrap_or_default();
+            ThreadSummary::new(&info, counters)
+        })
+        .collect();
+    Summary {
+        schema: SCHEMA,
+        pid,
+        command,
+        started_ns,
+        duration_ns: end_ns.saturating_sub(started_ns),
+        lost_events: lost.iter().sum(),
+        threads,
+    }
+}
+
+fn report_lost(lost: &[u64]) {
+    for (kind, &n) in EventKind::ALL.iter().zip(lost) {
+        if n > 0 {
+            eprintln!(
+                "tracer: warning: {n} {} events were lost (the ring buffer was full)",
+                kind.name()
+            );
+        }
+    }
+}
+
+/// A descriptor that becomes readable when process `pid` exits.
+fn pidfd(pid: u32) -> Result<AsyncFd<OwnedFd>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            return Err(Error::NoSuchProcess(pid));
+        }
+        return Err(Error::io(format!("watching process {pid} (pidfd_open)"), err));
+    }
+    // SAFETY: a new descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: `OwnedFd` keeps the descriptor open until the `AsyncFd` drops it.
+    unsafe { AsyncFd::register(fd) }
+        .map_err(|e| Error::io("watching the target process", e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_kind_follows_the_extension() {
+        assert_eq!(OutputKind::of(Path::new("a.json")).unwrap(), OutputKind::Summary);
+        assert_eq!(OutputKind::of(Path::new("dir/a.jsonl")).unwrap(), OutputKind::Events);
+        let err = OutputKind::of(Path::new("a.txt")).unwrap_err().to_string();
+        assert!(err.contains(".json, .jsonl or .pftrace"), "{err}");
+    }
+}

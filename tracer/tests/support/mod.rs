@@ -1,0 +1,197 @@
+//! Shared by the end-to-end tests: running tracer and the bundled workloads, and holding a
+//! capture against the workload's own ground truth.
+#![allow(dead_code, reason = "each test binary uses a different part of this module")]
+
+pub mod compare;
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Whether eBPF tests can run here. Outside CI they are skipped with the reason printed;
+/// under `CI=true` a missing capability fails the test.
+pub fn can_trace(test: &str) -> bool {
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let reason = if !root {
+        Some("not running as root".to_owned())
+    } else if !Path::new("/sys/kernel/tracing/events").is_dir()
+        && !Path::new("/sys/kernel/debug/tracing/events").is_dir()
+        && Command::new("mount")
+            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+    {
+        Some("tracefs is not mounted and cannot be".to_owned())
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(reason) if std::env::var_os("CI").is_some() => {
+            panic!("{test}: eBPF tests must run under CI, but {reason}")
+        }
+        Some(reason) => {
+            eprintln!("skipped {test}: {reason} (eBPF tests need root)");
+            false
+        }
+    }
+}
+
+pub fn tracer() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tracer"))
+}
+
+/// The bundled Rust workload: `TRACER_WORKLOAD`, else the one `cargo build` left in target/.
+pub fn rust_workload() -> PathBuf {
+    if let Some(path) = std::env::var_os("TRACER_WORKLOAD") {
+        return PathBuf::from(path);
+    }
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("thread-workload"))
+        .find(|p| p.exists())
+        .expect("build the workload first: cargo build -p thread-workload (cargo xtask test does)")
+}
+
+/// Debian's Python 3.11, which the Python workloads run on.
+pub fn python() -> PathBuf {
+    std::env::var_os("TRACER_PYTHON").map_or_else(|| PathBuf::from("/usr/bin/python3"), PathBuf::from)
+}
+
+pub fn python_workload(script: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/workloads/python")
+        .join(script)
+}
+
+/// A scratch directory for one test's files.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("tracer-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}\n{text}", path.display()))
+}
+
+/// Output of a finished command, panicking with its stderr when it failed.
+pub fn expect_success(what: &str, output: &Output) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `tracer record --output OUT -- CMD...` with `TRACER_TRUTH=TRUTH` for the workload.
+pub fn record_command(out: &Path, truth: &Path, command: &[&Path], args: &[&str]) -> Output {
+    let output = Command::new(tracer())
+        .arg("record")
+        .arg("--output")
+        .arg(out)
+        .arg("--")
+        .args(command)
+        .args(args)
+        .env("TRACER_TRUTH", truth)
+        .output()
+        .expect("running tracer");
+    expect_success("tracer record", &output);
+    output
+}
+
+/// A workload started with the start gate, waiting for a line on stdin.
+pub struct Gated {
+    pub child: Child,
+    pub pid: u32,
+}
+
+impl Gated {
+    pub fn start(command: &[&Path], args: &[&str], truth: &Path) -> Self {
+        let mut child = Command::new(command[0])
+            .args(&command[1..])
+            .args(args)
+            .env("TRACER_GATE", "1")
+            .env("TRACER_TRUTH", truth)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting workload");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pid = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("workload said {line:?}, not `ready PID`"));
+        Self { child, pid }
+    }
+
+    pub fn release(&mut self) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+/// Starts `tracer record ARGS` and waits until it says it is recording.
+pub fn start_recording(args: &[&str]) -> Child {
+    let mut child = Command::new(tracer())
+        .arg("record")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running tracer");
+    let stderr = child.stderr.take().unwrap();
+    let mut reader = BufReader::new(stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).unwrap();
+        seen.push_str(&line);
+        if line.contains("recording pid") {
+            break;
+        }
+        assert!(
+            n > 0 && Instant::now() < deadline,
+            "tracer never started recording:\n{seen}"
+        );
+    }
+    // Keep draining stderr so tracer never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        while reader.read_line(&mut rest).unwrap_or(0) > 0 {}
+    });
+    child
+}
+
+/// Waits for a child, killing it (and failing) after `limit`.
+pub fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not finish within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

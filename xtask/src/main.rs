@@ -1,0 +1,154 @@
+//! `cargo xtask`: set up the machine, build, run and test tracer.
+//!
+//! Every command first installs what is missing (Debian's eBPF-capable Rust toolchain and
+//! `bpf-linker`) and does nothing more when it is present.
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Build, run, test and install tracer.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the release binary `target/release/tracer`, eBPF object embedded.
+    Build,
+    /// Build, then run tracer as root with ARGS (default: `record` of the bundled Rust workload).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, check formatting and lints, and run every test (eBPF tests included).
+    Test,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    let root = workspace_root()?;
+    env::set_current_dir(&root)?;
+    match task {
+        Task::Setup => setup::ensure(),
+        Task::Build => {
+            setup::ensure()?;
+            build(&root)
+        }
+        Task::Run { args } => {
+            setup::ensure()?;
+            build(&root)?;
+            let args = if args.is_empty() {
+                let workload = root.join("target/release/thread-workload");
+                vec![
+                    "record".into(),
+                    "--output".into(),
+                    "target/workload.json".into(),
+                    "--".into(),
+                    workload.display().to_string(),
+                ]
+            } else {
+                args
+            };
+            let err = exec(root.join("target/release/tracer"), &args);
+            Err(err)
+        }
+        Task::Test => {
+            setup::ensure()?;
+            test(&root)
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = env::var_os("CARGO_MANIFEST_DIR").context("run me as `cargo xtask`")?;
+    Ok(Path::new(&manifest)
+        .parent()
+        .context("xtask lives in the workspace")?
+        .to_path_buf())
+}
+
+/// Runs `cargo ARGS` with the host toolchain, failing on a non-zero exit.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_command(Command::new(cargo).args(args))
+}
+
+fn run_command(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build(_root: &Path) -> Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tracer",
+        "--package",
+        "thread-workload",
+    ])
+}
+
+fn test(root: &Path) -> Result<()> {
+    setup::mount_tracefs();
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--all-targets",
+        "--package",
+        "tracer",
+        "--package",
+        "tracer-common",
+        "--package",
+        "thread-workload",
+        "--package",
+        "xtask",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    build(root)?;
+    let workload = root.join("target/release/thread-workload");
+    // Captures measure scheduling, so they run one at a time on this small machine.
+    run_command(
+        Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["test", "--release", "--workspace", "--exclude", "tracer-ebpf"])
+            .args(["--", "--test-threads=1"])
+            .env("TRACER_WORKLOAD", &workload)
+            .env("TRACER_PYTHON", "/usr/bin/python3"),
+    )
+}
+
+/// Replaces this process with `program ARGS` (so signals reach it directly).
+fn exec(program: PathBuf, args: &[String]) -> anyhow::Error {
+    use std::os::unix::process::CommandExt as _;
+    eprintln!("xtask: exec {} {}", program.display(), args.join(" "));
+    let err = Command::new(&program).args(args).exec();
+    anyhow::Error::new(err).context(format!("starting {}", program.display()))
+}
