@@ -31,8 +31,12 @@ fn main() -> anyhow::Result<()> {
 
     // A prebuilt object (for example from another machine) skips the eBPF build.
     if let Some(prebuilt) = env::var_os("TRACER_BPF_OBJECT") {
-        std::fs::copy(&prebuilt, &object)
-            .with_context(|| format!("copying TRACER_BPF_OBJECT={}", Path::new(&prebuilt).display()))?;
+        std::fs::copy(&prebuilt, &object).with_context(|| {
+            format!(
+                "copying TRACER_BPF_OBJECT={}",
+                Path::new(&prebuilt).display()
+            )
+        })?;
         return Ok(());
     }
 
@@ -52,11 +56,18 @@ fn main() -> anyhow::Result<()> {
             format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
         );
     // The outer build's settings are for the host compiler, not this one.
-    for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS"] {
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
         cmd.env_remove(var);
     }
     // `bpf-linker` is installed by `cargo install`, so make sure cargo's bin dir is searched.
-    if let Some(home) = env::var_os("CARGO_HOME").or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into())) {
+    if let Some(home) = env::var_os("CARGO_HOME")
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into()))
+    {
         let bin = Path::new(&home).join("bin");
         let path = env::var_os("PATH").unwrap_or_default();
         let mut paths: Vec<PathBuf> = env::split_paths(&path).collect();
@@ -69,7 +80,9 @@ fn main() -> anyhow::Result<()> {
         format!("running {cargo} to build the eBPF programs; run `cargo xtask setup` to install the eBPF toolchain")
     })?;
     if !status.success() {
-        bail!("building the eBPF programs failed ({status}); run `cargo xtask setup` to install the eBPF toolchain");
+        bail!(
+            "building the eBPF programs failed ({status}); run `cargo xtask setup` to install the eBPF toolchain"
+        );
     }
     let built = target_dir.join("bpfel-unknown-none/release/tracer");
     std::fs::copy(&built, &object)

@@ -50,9 +50,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     let now = now_ns();
     // `__schedule` counts `nvcsw` when the task was not preempted and its state was not
     // TASK_RUNNING; the tracepoint reports preemption as the `TASK_REPORT_MAX` bit.
-    let voluntary =
-        prev_state & f.switch_preempt_bit == 0 && prev_state & f.switch_state_mask != 0;
-
+    let voluntary = prev_state & f.switch_preempt_bit == 0 && prev_state & f.switch_state_mask != 0;
 
     let (_, prev_tgid) = current();
     let mut traced = false;

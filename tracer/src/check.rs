@@ -32,7 +32,11 @@ impl fmt::Display for Check {
             Outcome::Ok(detail) => write!(f, "ok    {:<14} {detail}", self.name),
             Outcome::Note(detail) => write!(f, "note  {:<14} {detail}", self.name),
             Outcome::Fail(problem, fix) => {
-                write!(f, "FAIL  {:<14} {problem}\n      {:<14} fix: {fix}", self.name, "")
+                write!(
+                    f,
+                    "FAIL  {:<14} {problem}\n      {:<14} fix: {fix}",
+                    self.name, ""
+                )
             }
         }
     }
@@ -52,7 +56,11 @@ pub fn run() -> Vec<Check> {
     if privileged {
         checks.push(ring_buffer());
     }
-    if privileged && checks.iter().all(|c| !matches!(c.outcome, Outcome::Fail(..))) {
+    if privileged
+        && checks
+            .iter()
+            .all(|c| !matches!(c.outcome, Outcome::Fail(..)))
+    {
         checks.push(programs());
     }
     checks

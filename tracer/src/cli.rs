@@ -32,7 +32,12 @@ pub enum Command {
 #[command(arg_required_else_help = true)]
 pub struct RecordArgs {
     /// The running process to trace.
-    #[arg(long, value_name = "PID", conflicts_with = "command", required_unless_present = "command")]
+    #[arg(
+        long,
+        value_name = "PID",
+        conflicts_with = "command",
+        required_unless_present = "command"
+    )]
     pub pid: Option<u32>,
 
     /// Stop after this many seconds (fractions allowed).
@@ -50,11 +55,15 @@ pub struct RecordArgs {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if secs.is_finite() && secs > 0.0 {
         Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
     } else {
-        Err(format!("the duration must be above zero seconds, not {text}"))
+        Err(format!(
+            "the duration must be above zero seconds, not {text}"
+        ))
     }
 }
 
@@ -78,7 +87,10 @@ pub fn run(cli: Cli) -> ExitCode {
             for c in &checks {
                 println!("{c}");
             }
-            if checks.iter().any(|c| matches!(c.outcome, check::Outcome::Fail(..))) {
+            if checks
+                .iter()
+                .any(|c| matches!(c.outcome, check::Outcome::Fail(..)))
+            {
                 println!("tracer cannot run here: fix the FAIL lines above");
                 ExitCode::FAILURE
             } else {
@@ -126,7 +138,8 @@ mod tests {
         assert!(both.is_err());
         let neither = Cli::try_parse_from(["tracer", "record", "--duration", "1"]);
         assert!(neither.is_err());
-        let cmd = Cli::try_parse_from(["tracer", "record", "-o", "x.json", "--", "sleep", "1"]).unwrap();
+        let cmd =
+            Cli::try_parse_from(["tracer", "record", "-o", "x.json", "--", "sleep", "1"]).unwrap();
         let Command::Record(args) = cmd.command else {
             panic!("not record")
         };

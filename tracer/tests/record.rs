@@ -17,7 +17,10 @@ fn record_and_compare(test: &str, command: &[&Path], args: &[&str]) {
         return;
     }
     let dir = scratch();
-    let (out, truth) = (dir.path().join("capture.json"), dir.path().join("truth.json"));
+    let (out, truth) = (
+        dir.path().join("capture.json"),
+        dir.path().join("truth.json"),
+    );
     record_command(&out, &truth, command, args);
     assert_matches(&read_json(&out), &read_json(&truth), Form::Command);
 }
@@ -28,7 +31,10 @@ fn attach_and_compare(test: &str, command: &[&Path], args: &[&str]) {
         return;
     }
     let dir = scratch();
-    let (out, truth) = (dir.path().join("capture.json"), dir.path().join("truth.json"));
+    let (out, truth) = (
+        dir.path().join("capture.json"),
+        dir.path().join("truth.json"),
+    );
     let mut workload = Gated::start(command, args, &truth);
     let pid = workload.pid.to_string();
     let mut tracer = start_recording(&["--pid", &pid, "--output", out.to_str().unwrap()]);
@@ -41,12 +47,20 @@ fn attach_and_compare(test: &str, command: &[&Path], args: &[&str]) {
 
 #[test]
 fn rust_mixed_workload_as_command() {
-    record_and_compare("rust_mixed_workload_as_command", &[&rust_workload()], &["mixed"]);
+    record_and_compare(
+        "rust_mixed_workload_as_command",
+        &[&rust_workload()],
+        &["mixed"],
+    );
 }
 
 #[test]
 fn rust_mixed_workload_by_pid() {
-    attach_and_compare("rust_mixed_workload_by_pid", &[&rust_workload()], &["mixed"]);
+    attach_and_compare(
+        "rust_mixed_workload_by_pid",
+        &[&rust_workload()],
+        &["mixed"],
+    );
 }
 
 #[test]
@@ -58,13 +72,21 @@ fn python_99_sleeping_threads() {
 #[test]
 fn python_daemon_and_regular_threads() {
     let script = python_workload("daemon_threads.py");
-    record_and_compare("python_daemon_and_regular_threads", &[&python(), &script], &[]);
+    record_and_compare(
+        "python_daemon_and_regular_threads",
+        &[&python(), &script],
+        &[],
+    );
 }
 
 #[test]
 fn python_io_bound_and_cpu_bound_threads() {
     let script = python_workload("io_vs_cpu.py");
-    record_and_compare("python_io_bound_and_cpu_bound_threads", &[&python(), &script], &[]);
+    record_and_compare(
+        "python_io_bound_and_cpu_bound_threads",
+        &[&python(), &script],
+        &[],
+    );
 }
 
 #[test]
@@ -76,7 +98,11 @@ fn python_lock_protected_counter() {
 #[test]
 fn python_lock_protected_counter_by_pid() {
     let script = python_workload("lock_counter.py");
-    attach_and_compare("python_lock_protected_counter_by_pid", &[&python(), &script], &[]);
+    attach_and_compare(
+        "python_lock_protected_counter_by_pid",
+        &[&python(), &script],
+        &[],
+    );
 }
 
 #[test]

@@ -138,7 +138,13 @@ fn test(root: &Path) -> Result<()> {
     // Captures measure scheduling, so they run one at a time on this small machine.
     run_command(
         Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["test", "--release", "--workspace", "--exclude", "tracer-ebpf"])
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "tracer-ebpf",
+            ])
             .args(["--", "--test-threads=1"])
             .env("TRACER_WORKLOAD", &workload)
             .env("TRACER_PYTHON", "/usr/bin/python3"),

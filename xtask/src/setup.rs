@@ -82,7 +82,10 @@ fn ensure_bpf_linker() -> Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )?;
     if !linker.exists() {
-        bail!("bpf-linker was installed but is not at {}", linker.display());
+        bail!(
+            "bpf-linker was installed but is not at {}",
+            linker.display()
+        );
     }
     Ok(())
 }

@@ -49,8 +49,7 @@ def main():
                for i in range(DAEMONS)]
     for t in workers + daemons:
         t.start()
-    for t in workers:
-        t.join()
+    truth.wait_done(workers)
 
     stop_napping.set()
     for event in parked:

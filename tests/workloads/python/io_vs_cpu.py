@@ -56,8 +56,7 @@ def main():
                     for i in range(IO_THREADS)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        truth.wait_done(threads)
     truth.finish("io_vs_cpu", baseline, threads=threads)
 
 

@@ -54,8 +54,7 @@ def main():
                for i in range(THREADS)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    truth.wait_done(threads)
     expected = THREADS * INCREMENTS
     if counter.value != expected:
         raise AssertionError("counter is %d, expected %d" % (counter.value, expected))

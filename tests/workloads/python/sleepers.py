@@ -18,8 +18,6 @@ def main():
                for i in range(THREADS)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
     truth.finish("sleepers", baseline, threads=threads)
 
 

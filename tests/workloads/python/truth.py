@@ -112,13 +112,97 @@ def current_thread_record(role, parent_tid, renames, lock_contender=False):
                        renames, role, lock_contender, me.daemon, counters)
 
 
+class ExitTurn:
+    """Makes threads end one at a time.
+
+    When many threads end together they contend for the GIL in CPython's
+    thread teardown (clearing and deleting the thread state, releasing the
+    lock ``join()`` waits on), which runs after the thread has read its own
+    counters, so the counters would miss those switches. Instead, a thread
+    that has done its work calls ``wait()``: it says it is done and blocks
+    until the main thread gives it its turn, then reads its counters and
+    ends. The main thread's ``end_in_turn()`` waits until every thread is
+    done and parked, then lets them go one at a time and waits for each to
+    be gone from the kernel before the next, so from its counter read to its
+    exit a thread contends with nobody. The waiting is counted: it happens
+    before the read.
+    """
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._go = threading.Event()
+        self.thread = None
+
+    def wait(self):
+        """Called by the thread when its work is done."""
+        self.thread = threading.current_thread()
+        self._done.set()
+        self._go.wait()
+
+    def wait_done(self):
+        """Main thread: waits until the thread called ``wait()``."""
+        self._done.wait()
+
+    def let_go(self):
+        """Main thread: gives the thread its turn."""
+        self._go.set()
+
+
+# How long the main thread gives threads that said they are done to block
+# in ``ExitTurn.wait()`` (the step between saying so and blocking takes the
+# GIL for a few microseconds) before it lets the first of them go.
+PARK_SETTLE = 0.02
+# How long the main thread waits for an ended thread to leave the kernel.
+GONE_TIMEOUT = 1.0
+
+
+def _wait_gone(tid):
+    """Waits until the kernel task ``tid`` of this process has exited.
+
+    A thread's ``join()`` returns while the thread is still on its way out
+    (``pthread_exit``); its ``/proc/self/task`` entry goes once the kernel
+    has released it, which is after the exit a tracer sees.
+    """
+    path = task_dir(tid)
+    deadline = time.monotonic() + GONE_TIMEOUT
+    spins = 0
+    while os.path.exists(path):
+        if time.monotonic() > deadline:
+            return
+        spins += 1
+        if spins > int(os.environ.get("XSPIN", "200")):
+            time.sleep(0.0005)
+
+
+def end_in_turn(turns):
+    """Main thread: lets the threads of ``turns`` (``ExitTurn``) end one at a time.
+
+    Waits until all of them are done, gives them ``PARK_SETTLE`` to block,
+    then for each in order: gives it its turn, joins its thread and waits
+    until the task is gone.
+    """
+    turns = list(turns)
+    for turn in turns:
+        turn.wait_done()
+    if turns:
+        time.sleep(PARK_SETTLE)
+    for turn in turns:
+        thread = turn.thread
+        turn.let_go()
+        thread.join()
+        _wait_gone(thread.native_id)
+
+
 class TrackedThread(threading.Thread):
     """A thread that runs ``body(self, *args)`` and then records itself.
 
     ``start()`` notes the creating thread's tid and ``comm``. A thread that
-    returns reads its counters as its very last action and leaves the result
-    in ``record``; a daemon thread that never returns is recorded by the main
-    thread with ``record_from_proc()``.
+    returns waits for its exit turn (``ExitTurn``; the main thread's
+    ``finish()`` gives the turns), then reads its counters as its very last
+    action and leaves the result in ``record``; a daemon thread that never
+    returns is recorded by the main thread with ``record_from_proc()``.
+    Do not ``join()`` a non-daemon tracked thread before ``finish()``: it
+    only ends when it gets its turn. ``wait_done()`` waits for its body.
     """
 
     def __init__(self, name, role, body, args=(), daemon=False,
@@ -128,6 +212,7 @@ class TrackedThread(threading.Thread):
         self.lock_contender = lock_contender
         self.record = None
         self.parent_tid = None
+        self.exit_turn = ExitTurn()
         self._body = body
         self._body_args = args
         self._inherited_comm = None
@@ -144,8 +229,14 @@ class TrackedThread(threading.Thread):
         self._running.set()
         self._body(self, *self._body_args)
         if not self.daemon:
+            self.exit_turn.wait()
             self.record = current_thread_record(
                 self.role, self.parent_tid, self._renames(), self.lock_contender)
+
+    def wait_done(self):
+        """Main thread: waits until the body has returned (the thread then
+        waits for its exit turn)."""
+        self.exit_turn.wait_done()
 
     def _renames(self):
         return spawn_renames(self._inherited_comm, self._comm_at_start)
@@ -164,6 +255,12 @@ class TrackedThread(threading.Thread):
         return make_record(self.native_id, self.name, comm, self.parent_tid,
                            self._renames(), self.role, self.lock_contender,
                            self.daemon, counters)
+
+
+def wait_done(threads):
+    """Main thread: waits until every thread of ``threads`` did its work."""
+    for t in threads:
+        t.wait_done()
 
 
 def gate():
@@ -201,13 +298,16 @@ def write(workload, threads, **fields):
 
 
 def finish(workload, baseline, threads=(), daemons=(), records=(), **fields):
-    """Last steps of the main thread, after every non-daemon thread ended.
+    """Last steps of the main thread.
 
-    Collects the records of ``threads`` (joined), ``records`` (gathered some
-    other way) and ``daemons`` (read from /proc), then reads the main
-    thread's own counters and writes the truth file with ``fields`` added at
-    the top level.
+    Ends the (non-daemon, not joined) ``threads`` one at a time in the order
+    given (``end_in_turn``) and collects their records, adds ``records``
+    (gathered some other way, their threads already ended) and ``daemons``
+    (read from /proc), then reads the main thread's own counters and writes
+    the truth file with ``fields`` added at the top level.
     """
+    threads = list(threads)
+    end_in_turn(t.exit_turn for t in threads)
     others = [t.take_record() for t in threads]
     others.extend(records)
     others.extend(d.record_from_proc() for d in daemons)

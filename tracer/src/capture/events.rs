@@ -2,8 +2,8 @@
 
 use serde_json::{Value, json};
 use tracer_common::event::{
-    self as raw, EventKind, FutexWait, Header, Switch, ThreadCreated, ThreadExited,
-    ThreadRenamed, Wakeup, futex_op_name,
+    EventKind, FutexWait, Header, Switch, ThreadCreated, ThreadExited, ThreadRenamed, Wakeup,
+    futex_op_name,
 };
 
 use super::comm_to_string;
@@ -65,7 +65,7 @@ impl Event {
     }
 
     /// The event as one JSON object, as written to `.jsonl` files.
-    pub fn to_json(&self) -> Value {
+    pub fn json(&self) -> Value {
         let h = self.header();
         let mut value = match self {
             Self::ThreadCreated(e) => json!({
@@ -105,11 +105,6 @@ impl Event {
     }
 }
 
-/// Whether a futex op in an event is one that can block (for tests and readers).
-pub fn is_wait(event: &FutexWait) -> bool {
-    event.op == raw::FUTEX_WAITV_OP || raw::is_futex_wait(event.op)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +138,7 @@ mod tests {
         };
         let event = Event::decode(&bytes_of(&raw)).unwrap();
         assert_eq!(event.kind(), EventKind::ThreadRenamed);
-        let json = event.to_json();
+        let json = event.json();
         assert_eq!(json["to"], "a\"b\n\u{fffd}!");
         assert_eq!(json["from"], "old");
         assert_eq!(json["ts_ns"], 5_000);
@@ -167,8 +162,8 @@ mod tests {
         let Event::FutexWait(e) = event else {
             panic!("{event:?}")
         };
-        assert!(is_wait(&e));
-        let json = event.to_json();
+        assert!(tracer_common::event::is_futex_wait(e.op));
+        let json = event.json();
         assert_eq!(json["duration_ns"], 4_000);
         assert_eq!(json["op"], "WAIT");
         assert_eq!(json["uaddr"], "0x7f0000001000");

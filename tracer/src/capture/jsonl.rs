@@ -28,7 +28,7 @@ impl EventWriter {
     }
 
     pub fn write(&mut self, event: &Event) -> Result<()> {
-        serde_json::to_writer(&mut self.out, &event.to_json())
+        serde_json::to_writer(&mut self.out, &event.json())
             .map_err(std::io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"))
             .map_err(|source| self.error(source))
@@ -37,7 +37,10 @@ impl EventWriter {
     /// Flushes and syncs the file: every line written is complete on disk.
     pub fn finish(mut self) -> Result<()> {
         self.out.flush().map_err(|source| self.error(source))?;
-        self.out.get_ref().sync_all().map_err(|source| self.error(source))
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(|source| self.error(source))
     }
 
     fn error(&self, source: std::io::Error) -> Error {

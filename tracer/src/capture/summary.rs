@@ -91,7 +91,11 @@ impl Counters {
                 map2(&first.kernel, &first.derived, u64::saturating_sub)
             };
             let since_last = map2(&derived, &last.derived, u64::saturating_sub);
-            map2(&map2(&last.kernel, &base, u64::saturating_sub), &since_last, u64::saturating_add)
+            map2(
+                &map2(&last.kernel, &base, u64::saturating_sub),
+                &since_last,
+                u64::saturating_add,
+            )
         };
         Self {
             voluntary_switches: counts.voluntary_switches,
@@ -174,7 +178,10 @@ mod tests {
     #[test]
     fn open_intervals_are_charged_to_the_current_state() {
         let on = Counters::settle(&stats(state::ON_CPU, 500), 800, true, false);
-        assert_eq!((on.on_cpu_ns, on.runqueue_wait_ns, on.off_cpu_ns), (400, 10, 1000));
+        assert_eq!(
+            (on.on_cpu_ns, on.runqueue_wait_ns, on.off_cpu_ns),
+            (400, 10, 1000)
+        );
         let queued = Counters::settle(&stats(state::QUEUED, 500), 800, true, false);
         assert_eq!(queued.runqueue_wait_ns, 310);
         let blocked = Counters::settle(&stats(state::BLOCKED, 500), 800, true, false);
@@ -194,12 +201,28 @@ mod tests {
         s.on_cpu_ns = 7_000;
         s.snapshots = 2;
         s.first = Snapshot {
-            kernel: Counts { voluntary_switches: 100, on_cpu_ns: 1_000_000, ..Counts::ZERO },
-            derived: Counts { voluntary_switches: 2, on_cpu_ns: 5_000, ..Counts::ZERO },
+            kernel: Counts {
+                voluntary_switches: 100,
+                on_cpu_ns: 1_000_000,
+                ..Counts::ZERO
+            },
+            derived: Counts {
+                voluntary_switches: 2,
+                on_cpu_ns: 5_000,
+                ..Counts::ZERO
+            },
         };
         s.last = Snapshot {
-            kernel: Counts { voluntary_switches: 110, on_cpu_ns: 1_050_000, ..Counts::ZERO },
-            derived: Counts { voluntary_switches: 2, on_cpu_ns: 6_000, ..Counts::ZERO },
+            kernel: Counts {
+                voluntary_switches: 110,
+                on_cpu_ns: 1_050_000,
+                ..Counts::ZERO
+            },
+            derived: Counts {
+                voluntary_switches: 2,
+                on_cpu_ns: 6_000,
+                ..Counts::ZERO
+            },
         };
         let c = Counters::settle(&s, 800, true, false);
         assert_eq!(c.voluntary_switches, 2 + 10 + 1);

@@ -39,14 +39,25 @@ pub fn render(summary: &Summary) -> String {
     let _ = writeln!(
         out,
         "{:>8} {:<24} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>7} {:>10}",
-        "TID", "NAME", "PARENT", "VOLUNT", "INVOL", "CPU ms", "RUNQ ms", "OFFCPU ms", "FUTEX", "FUTEX ms"
+        "TID",
+        "NAME",
+        "PARENT",
+        "VOLUNT",
+        "INVOL",
+        "CPU ms",
+        "RUNQ ms",
+        "OFFCPU ms",
+        "FUTEX",
+        "FUTEX ms"
     );
     for t in &summary.threads {
         let mut name = printable(&t.name);
         if name.chars().count() > 24 {
             name = name.chars().take(23).collect::<String>() + "…";
         }
-        let parent = t.parent_tid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let parent = t
+            .parent_tid
+            .map_or_else(|| "-".to_owned(), |p| p.to_string());
         let _ = writeln!(
             out,
             "{:>8} {:<24} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>7} {:>10}",

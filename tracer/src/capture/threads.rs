@@ -84,16 +84,9 @@ impl ThreadTable {
         }
     }
 
+    #[cfg(test)]
     pub fn get(&self, tid: u32) -> Option<&ThreadInfo> {
         self.threads.get(&tid)
-    }
-
-    pub fn get_mut(&mut self, tid: u32) -> Option<&mut ThreadInfo> {
-        self.threads.get_mut(&tid)
-    }
-
-    pub fn contains(&self, tid: u32) -> bool {
-        self.threads.contains_key(&tid)
     }
 
     /// Threads in thread id order.
@@ -105,6 +98,7 @@ impl ThreadTable {
         self.threads.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.threads.is_empty()
     }

@@ -75,9 +75,13 @@ impl Btf {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let data = fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let data =
+            fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Self::parse(&data).ok_or_else(|| {
-            Error::UnsupportedKernel(format!("{} is not little-endian BTF this tracer can read", path.display()))
+            Error::UnsupportedKernel(format!(
+                "{} is not little-endian BTF this tracer can read",
+                path.display()
+            ))
         })
     }
 
@@ -92,7 +96,9 @@ impl Btf {
         let str_off = u32_at(data, 16)? as usize;
         let str_len = u32_at(data, 20)? as usize;
         let types_data = data.get(hdr_len + type_off..hdr_len + type_off + type_len)?;
-        let strings = data.get(hdr_len + str_off..hdr_len + str_off + str_len)?.to_vec();
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)?
+            .to_vec();
 
         // Type ids start at 1; id 0 is `void`.
         let mut types = vec![Type {
@@ -120,7 +126,11 @@ impl Btf {
                         members.push(Member {
                             name: u32_at(types_data, at)?,
                             type_id: u32_at(types_data, at + 4)?,
-                            bit_offset: if kind_flag { offset & 0x00ff_ffff } else { offset },
+                            bit_offset: if kind_flag {
+                                offset & 0x00ff_ffff
+                            } else {
+                                offset
+                            },
                         });
                         at += 12;
                     }
@@ -175,7 +185,9 @@ impl Btf {
     fn size(&self, id: u32) -> Option<u32> {
         let ty = self.resolve(id)?;
         match ty.kind {
-            kind::INT | kind::ENUM | kind::ENUM64 | kind::STRUCT | kind::UNION => Some(ty.size_or_type),
+            kind::INT | kind::ENUM | kind::ENUM64 | kind::STRUCT | kind::UNION => {
+                Some(ty.size_or_type)
+            }
             2 => Some(8),
             _ => None,
         }
@@ -203,14 +215,21 @@ impl Btf {
     /// in `struct STRUCT_NAME`.
     pub fn member(&self, struct_name: &str, path: &str) -> Result<MemberLocation> {
         let missing = |what: &str| {
-            Error::UnsupportedKernel(format!("BTF has no {what} (looking for {struct_name}.{path})"))
+            Error::UnsupportedKernel(format!(
+                "BTF has no {what} (looking for {struct_name}.{path})"
+            ))
         };
-        let id = *self.structs.get(struct_name).ok_or_else(|| missing(&format!("struct {struct_name}")))?;
+        let id = *self
+            .structs
+            .get(struct_name)
+            .ok_or_else(|| missing(&format!("struct {struct_name}")))?;
         let mut ty = &self.types[id as usize];
         let mut bits = 0;
         let mut type_id = id;
         for part in path.split('.') {
-            let (off, member_type) = self.find(ty, part).ok_or_else(|| missing(&format!("member {part}")))?;
+            let (off, member_type) = self
+                .find(ty, part)
+                .ok_or_else(|| missing(&format!("member {part}")))?;
             bits += off;
             type_id = member_type;
             if let Some(inner) = self.resolve(member_type) {
@@ -221,7 +240,10 @@ impl Btf {
             return Err(missing("byte-aligned member"));
         }
         let size = self.size(type_id).ok_or_else(|| missing("sized member"))?;
-        Ok(MemberLocation { offset: bits / 8, size })
+        Ok(MemberLocation {
+            offset: bits / 8,
+            size,
+        })
     }
 }
 
@@ -233,11 +255,17 @@ mod tests {
     fn sample() -> Vec<u8> {
         let strings = b"\0u64\0int\0inner\0a\0b\0outer\0x\0in\0".to_vec();
         let name = |s: &str| {
-            let pos = strings.windows(s.len() + 1).position(|w| &w[..s.len()] == s.as_bytes() && w[s.len()] == 0);
+            let pos = strings
+                .windows(s.len() + 1)
+                .position(|w| &w[..s.len()] == s.as_bytes() && w[s.len()] == 0);
             pos.unwrap() as u32
         };
         let mut types = Vec::new();
-        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend_from_slice(&w.to_le_bytes()));
+        let mut push = |words: &[u32]| {
+            words
+                .iter()
+                .for_each(|w| types.extend_from_slice(&w.to_le_bytes()))
+        };
         // 1: u64 (INT, size 8)
         push(&[name("u64"), kind::INT << 24, 8, 64]);
         // 2: int (INT, size 4)
@@ -256,7 +284,13 @@ mod tests {
         let mut data = Vec::new();
         data.extend_from_slice(&MAGIC.to_le_bytes());
         data.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             data.extend_from_slice(&w.to_le_bytes());
         }
         data.extend_from_slice(&types);
@@ -267,8 +301,17 @@ mod tests {
     #[test]
     fn members_are_found_through_anonymous_structs() {
         let btf = Btf::parse(&sample()).unwrap();
-        assert_eq!(btf.member("outer", "x").unwrap(), MemberLocation { offset: 0, size: 4 });
-        assert_eq!(btf.member("outer", "in.b").unwrap(), MemberLocation { offset: 16, size: 8 });
+        assert_eq!(
+            btf.member("outer", "x").unwrap(),
+            MemberLocation { offset: 0, size: 4 }
+        );
+        assert_eq!(
+            btf.member("outer", "in.b").unwrap(),
+            MemberLocation {
+                offset: 16,
+                size: 8
+            }
+        );
         assert!(btf.member("outer", "in.c").is_err());
         assert!(btf.member("nothing", "x").is_err());
     }
@@ -291,7 +334,17 @@ mod tests {
         let nivcsw = btf.member("task_struct", "nivcsw").unwrap();
         assert_eq!((nvcsw.size, nivcsw.size), (8, 8));
         assert_eq!(nivcsw.offset, nvcsw.offset + 8);
-        assert_eq!(btf.member("task_struct", "se.sum_exec_runtime").unwrap().size, 8);
-        assert_eq!(btf.member("task_struct", "sched_info.run_delay").unwrap().size, 8);
+        assert_eq!(
+            btf.member("task_struct", "se.sum_exec_runtime")
+                .unwrap()
+                .size,
+            8
+        );
+        assert_eq!(
+            btf.member("task_struct", "sched_info.run_delay")
+                .unwrap()
+                .size,
+            8
+        );
     }
 }

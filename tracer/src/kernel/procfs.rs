@@ -20,7 +20,10 @@ pub fn process_exists(pid: u32) -> bool {
 fn is_zombie(pid: u32) -> bool {
     fs::read_to_string(process_dir(pid).join("stat"))
         .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -49,17 +52,31 @@ pub fn threads(pid: u32) -> Result<Vec<u32>> {
 
 /// The kernel name (`comm`) of thread `tid` of process `pid`, if it still exists.
 pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
-    let raw = fs::read(process_dir(pid).join("task").join(tid.to_string()).join("comm")).ok()?;
+    let raw = fs::read(
+        process_dir(pid)
+            .join("task")
+            .join(tid.to_string())
+            .join("comm"),
+    )
+    .ok()?;
     let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
     Some(String::from_utf8_lossy(raw).into_owned())
 }
 
 /// Whether thread `tid` of process `pid` is running or runnable right now (`R` in its stat).
 pub fn thread_is_runnable(pid: u32, tid: u32) -> bool {
-    fs::read_to_string(process_dir(pid).join("task").join(tid.to_string()).join("stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('R')))
-        .unwrap_or(false)
+    fs::read_to_string(
+        process_dir(pid)
+            .join("task")
+            .join(tid.to_string())
+            .join("stat"),
+    )
+    .ok()
+    .and_then(|stat| {
+        stat.rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('R'))
+    })
+    .unwrap_or(false)
 }
 
 /// The command line of process `pid`, arguments joined by spaces (its comm if it has none).

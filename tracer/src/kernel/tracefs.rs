@@ -41,15 +41,7 @@ fn mount() -> Result<()> {
     let fs = CString::new("tracefs").expect("no NUL");
     let dir = CString::new(target).expect("no NUL");
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fs.as_ptr(),
-            dir.as_ptr(),
-            fs.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(fs.as_ptr(), dir.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         return Err(Error::Tracefs(format!(
@@ -151,7 +143,9 @@ fn parse_field(line: &str) -> Option<Field> {
     let declaration = declaration?;
     // The name is the last token, less any array suffix: `char comm[16]`, `u32 * uaddr`,
     // `__data_loc char[] name`.
-    let last = declaration.rsplit(|c: char| c.is_whitespace() || c == '*').next()?;
+    let last = declaration
+        .rsplit(|c: char| c.is_whitespace() || c == '*')
+        .next()?;
     let name = last.split('[').next()?.to_owned();
     if name.is_empty() {
         return None;
@@ -207,7 +201,10 @@ print fmt: \"prev_comm=%s prev_pid=%d\", (REC->prev_state & ((((0x00000000 | 0x0
         assert_eq!(format.offset("prev_state", 8).unwrap(), 32);
         assert_eq!(format.offset("next_pid", 4).unwrap(), 56);
         let comm = format.field("prev_comm", Some(16)).unwrap();
-        assert_eq!((comm.offset, comm.declaration.as_str()), (8, "char prev_comm[16]"));
+        assert_eq!(
+            (comm.offset, comm.declaration.as_str()),
+            (8, "char prev_comm[16]")
+        );
         assert_eq!(largest_state_flag(&format.print_fmt), Some(0x80));
     }
 

@@ -46,7 +46,10 @@ pub fn add_task_counters(fields: &mut Fields) -> std::result::Result<(), String>
         if member.size == 8 {
             Ok(member.offset)
         } else {
-            Err(format!("task_struct.{path} is {} bytes, expected 8", member.size))
+            Err(format!(
+                "task_struct.{path} is {} bytes, expected 8",
+                member.size
+            ))
         }
     };
     fields.task_nvcsw = eight_bytes("nvcsw")?;
@@ -137,7 +140,10 @@ mod tests {
     #[test]
     fn this_kernels_layout_is_read() {
         let Some(root) = tracefs::find() else {
-            assert!(std::env::var_os("CI").is_none(), "tracefs must be mounted under CI");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "tracefs must be mounted under CI"
+            );
             eprintln!("skipped: tracefs is not mounted here (run as root, or `tracer check`)");
             return;
         };

@@ -72,7 +72,10 @@ impl Probes {
         raise_memlock_limit();
         let settings = Settings {
             filtered: u32::from(options.filtered),
-            stream: options.stream.iter().fold(0, |mask, kind| mask | kind.bit()),
+            stream: options
+                .stream
+                .iter()
+                .fold(0, |mask, kind| mask | kind.bit()),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::FIELDS, &fields, true)
@@ -108,7 +111,9 @@ impl Probes {
             if threads.get(&tid, 0).is_err() {
                 threads
                     .insert(tid, ThreadStats::new(tgid, state::UNKNOWN, now), 0)
-                    .map_err(|e| Error::Load(format!("tracking thread {tid}: {}", error_chain(&e))))?;
+                    .map_err(|e| {
+                        Error::Load(format!("tracking thread {tid}: {}", error_chain(&e)))
+                    })?;
             }
         }
         Ok(())

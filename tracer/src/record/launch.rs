@@ -68,10 +68,18 @@ pub fn hold(argv: &[OsString]) -> Result<Held> {
         source,
     };
     let program = argv.first().ok_or_else(|| {
-        spawn_error(io::Error::new(io::ErrorKind::InvalidInput, "no command given"))
+        spawn_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no command given",
+        ))
     })?;
-    let path = c_string(resolve(program).map_err(spawn_error)?.into_os_string().into_vec())
-        .map_err(spawn_error)?;
+    let path = c_string(
+        resolve(program)
+            .map_err(spawn_error)?
+            .into_os_string()
+            .into_vec(),
+    )
+    .map_err(spawn_error)?;
     let args = argv
         .iter()
         .map(|a| c_string(a.as_bytes()))
@@ -112,7 +120,11 @@ pub fn hold(argv: &[OsString]) -> Result<Held> {
             }
             libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
             let errno = *libc::__errno_location();
-            libc::write(error_write.as_raw_fd(), (&raw const errno).cast(), size_of::<i32>());
+            libc::write(
+                error_write.as_raw_fd(),
+                (&raw const errno).cast(),
+                size_of::<i32>(),
+            );
             libc::_exit(127);
         }
     }

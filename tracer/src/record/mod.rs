@@ -130,14 +130,22 @@ pub fn run(request: Request) -> Result<Summary> {
     runtime.block_on(capture(request, outputs, held))
 }
 
-async fn capture(request: Request, outputs: Outputs, held: Option<launch::Held>) -> Result<Summary> {
+async fn capture(
+    request: Request,
+    outputs: Outputs,
+    held: Option<launch::Held>,
+) -> Result<Summary> {
     let pid = match (&request.target, &held) {
         (_, Some(h)) => h.pid,
         (Target::Pid(pid), None) => *pid,
         (Target::Command(_), None) => unreachable!("a command target is always held"),
     };
     // Open outputs first: a bad path fails before anything is traced.
-    let mut events_out = outputs.events.as_deref().map(EventWriter::create).transpose()?;
+    let mut events_out = outputs
+        .events
+        .as_deref()
+        .map(EventWriter::create)
+        .transpose()?;
     if let Some(path) = &outputs.summary {
         check_writable(path)?;
     }
@@ -176,24 +184,32 @@ async fn capture(request: Request, outputs: Outputs, held: Option<launch::Held>)
         held.release()?;
     }
     eprintln!(
-        "tracer: recording pid {pid} ({} threads); Ctrl-C to stop",
-        tids.len()
+        "tracer: recording pid {pid} ({} threads at start); Ctrl-C to stop",
+        table.len()
     );
 
-    let stop = watch(&mut ring, &exited, request.duration, &mut table, &mut events_out).await?;
+    let stop = watch(
+        &mut ring,
+        &exited,
+        request.duration,
+        &mut table,
+        &mut events_out,
+    )
+    .await?;
     let end_ns = monotonic_ns();
     // Events in flight (a thread's final switch comes after its exit event) still count.
     tokio::time::sleep(DRAIN_GRACE).await;
     drain(ring.get_mut(), &mut table, &mut events_out)?;
 
-    if stop == Stop::TargetExited && matches!(request.target, Target::Command(_)) {
-        if let Some(status) = launch::reap(pid) {
-            eprintln!(
-                "tracer: `{}` {}",
-                table::printable(&command),
-                launch::describe_status(status)
-            );
-        }
+    if stop == Stop::TargetExited
+        && matches!(request.target, Target::Command(_))
+        && let Some(status) = launch::reap(pid)
+    {
+        eprintln!(
+            "tracer: `{}` {}",
+            table::printable(&command),
+            launch::describe_status(status)
+        );
     }
     let lost = probes.lost();
     let summary = summarize(&probes, &table, pid, command, started_ns, end_ns, &lost);
@@ -273,9 +289,13 @@ fn summarize(
     let threads = table
         .iter()
         .map(|info| {
-            let alive = info.exited_ns.is_none() && procfs::thread_comm(info.pid, info.tid).is_some();
+            let alive =
+                info.exited_ns.is_none() && procfs::thread_comm(info.pid, info.tid).is_some();
             let mut info = info.clone();
-            if let Some(comm) = alive.then(|| procfs::thread_comm(info.pid, info.tid)).flatten() {
+            if let Some(comm) = alive
+                .then(|| procfs::thread_comm(info.pid, info.tid))
+                .flatten()
+            {
                 info.comm = comm;
             }
             let counters = probes
@@ -319,13 +339,15 @@ fn pidfd(pid: u32) -> Result<AsyncFd<OwnedFd>> {
         if err.raw_os_error() == Some(libc::ESRCH) {
             return Err(Error::NoSuchProcess(pid));
         }
-        return Err(Error::io(format!("watching process {pid} (pidfd_open)"), err));
+        return Err(Error::io(
+            format!("watching process {pid} (pidfd_open)"),
+            err,
+        ));
     }
     // SAFETY: a new descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // SAFETY: `OwnedFd` keeps the descriptor open until the `AsyncFd` drops it.
-    unsafe { AsyncFd::register(fd) }
-        .map_err(|e| Error::io("watching the target process", e.into()))
+    unsafe { AsyncFd::register(fd) }.map_err(|e| Error::io("watching the target process", e.into()))
 }
 
 #[cfg(test)]
@@ -334,8 +356,14 @@ mod tests {
 
     #[test]
     fn output_kind_follows_the_extension() {
-        assert_eq!(OutputKind::of(Path::new("a.json")).unwrap(), OutputKind::Summary);
-        assert_eq!(OutputKind::of(Path::new("dir/a.jsonl")).unwrap(), OutputKind::Events);
+        assert_eq!(
+            OutputKind::of(Path::new("a.json")).unwrap(),
+            OutputKind::Summary
+        );
+        assert_eq!(
+            OutputKind::of(Path::new("dir/a.jsonl")).unwrap(),
+            OutputKind::Events
+        );
         let err = OutputKind::of(Path::new("a.txt")).unwrap_err().to_string();
         assert!(err.contains(".json, .jsonl or .pftrace"), "{err}");
     }

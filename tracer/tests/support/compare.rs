@@ -75,7 +75,10 @@ pub fn differences(summary: &Value, truth: &Value, form: Form) -> Vec<String> {
             fail(format!("{who}: comm {} != {}", got["comm"], want["comm"]));
         }
         if got["parent_tid"] != want["parent_tid"] {
-            fail(format!("{who}: parent {} != {}", got["parent_tid"], want["parent_tid"]));
+            fail(format!(
+                "{who}: parent {} != {}",
+                got["parent_tid"], want["parent_tid"]
+            ));
         }
         if is_main != got["created_ns"].is_null() {
             fail(format!("{who}: created_ns {}", got["created_ns"]));
@@ -88,7 +91,10 @@ pub fn differences(summary: &Value, truth: &Value, form: Form) -> Vec<String> {
             want_renames.insert(0, ("tracer".into(), want["comm"].as_str().unwrap().into()));
         }
         if renames(&got["renames"]) != want_renames {
-            fail(format!("{who}: renames {} != {want_renames:?}", got["renames"]));
+            fail(format!(
+                "{who}: renames {} != {want_renames:?}",
+                got["renames"]
+            ));
         }
 
         // Counters the thread read of itself, less what it had before the capture.

@@ -1,6 +1,9 @@
 //! Shared by the end-to-end tests: running tracer and the bundled workloads, and holding a
 //! capture against the workload's own ground truth.
-#![allow(dead_code, reason = "each test binary uses a different part of this module")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
 
 pub mod compare;
 
@@ -63,7 +66,8 @@ pub fn rust_workload() -> PathBuf {
 
 /// Debian's Python 3.11, which the Python workloads run on.
 pub fn python() -> PathBuf {
-    std::env::var_os("TRACER_PYTHON").map_or_else(|| PathBuf::from("/usr/bin/python3"), PathBuf::from)
+    std::env::var_os("TRACER_PYTHON")
+        .map_or_else(|| PathBuf::from("/usr/bin/python3"), PathBuf::from)
 }
 
 pub fn python_workload(script: &str) -> PathBuf {
@@ -81,9 +85,10 @@ pub fn scratch() -> tempfile::TempDir {
 }
 
 pub fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}\n{text}", path.display()))
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}\n{text}", path.display()))
 }
 
 /// Output of a finished command, panicking with its stderr when it failed.
