@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{check, error::Error, record};
+use crate::{check, daemon, error::Error, record};
 
 /// Per-thread scheduling, futex and lifecycle tracing for Linux processes, with eBPF.
 ///
@@ -20,11 +20,30 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Attach system-wide and serve Prometheus metrics at http://ADDR/metrics, in the
+    /// foreground (for systemd, `Type=notify`). SIGHUP reloads the configuration.
+    Daemon(DaemonArgs),
     /// Trace one process (all its threads, present and future) until it exits, the duration
     /// passes, or Ctrl-C; print a per-thread table.
     Record(RecordArgs),
     /// Say whether this machine can run tracer and, if not, exactly what is missing.
     Check,
+}
+
+/// `tracer daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Address to serve metrics on [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// TOML configuration file; flags override what it says.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (file, then flags) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// `tracer record --pid PID` or `tracer record -- CMD ARGS...`.
@@ -70,6 +89,13 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Daemon(args) => report(daemon::run(daemon::Args {
+            config: args.config,
+            overrides: daemon::config::Overrides {
+                listen: args.listen,
+            },
+            print_config: args.print_config,
+        })),
         Command::Record(args) => {
             let target = match args.pid {
                 Some(pid) => record::Target::Pid(pid),

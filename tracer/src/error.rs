@@ -58,6 +58,9 @@ pub enum Error {
     #[error("two outputs of the same format: {}; give one file per format", .0.display())]
     DuplicateOutput(PathBuf),
 
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

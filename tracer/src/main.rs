@@ -3,6 +3,7 @@
 mod capture;
 mod check;
 mod cli;
+mod daemon;
 mod error;
 mod kernel;
 mod probes;

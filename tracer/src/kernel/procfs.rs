@@ -94,6 +94,60 @@ pub fn command_line(pid: u32) -> Option<String> {
     }
 }
 
+/// Every thread on the machine: `(tid, tgid, comm)`.
+pub fn all_threads() -> Vec<(u32, u32, String)> {
+    let Ok(processes) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut all = Vec::new();
+    for pid in processes.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        for tid in threads(pid).unwrap_or_default() {
+            if let Some(comm) = thread_comm(pid, tid) {
+                all.push((tid, pid, comm));
+            }
+        }
+    }
+    all
+}
+
+/// Thread group and name of thread `tid`, if it exists.
+pub fn thread_identity(tid: u32) -> Option<(u32, String)> {
+    let tgid = thread_group_of(tid).ok()?;
+    Some((tgid, thread_comm(tgid, tid)?))
+}
+
+/// CPU seconds (user + system) and resident bytes of this process.
+pub fn own_usage() -> (f64, u64) {
+    // SAFETY: no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 of stat (utime, stime), counted after the command.
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0);
+    let rss = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+        * 1024;
+    (cpu, rss)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,11 +26,12 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tr
 
 /// Program name, tracepoint category and tracepoint name, in attach order: lifecycle first,
 /// so that no thread is created unseen once scheduling events flow.
-const PROGRAMS: [(&str, &str, &str); 10] = [
+const PROGRAMS: [(&str, &str, &str); 11] = [
     ("task_newtask", "task", "task_newtask"),
     ("task_rename", "task", "task_rename"),
     ("sched_process_exit", "sched", "sched_process_exit"),
     ("sched_wakeup_new", "sched", "sched_wakeup_new"),
+    ("sched_waking", "sched", "sched_waking"),
     ("sched_wakeup", "sched", "sched_wakeup"),
     ("sched_switch", "sched", "sched_switch"),
     ("sys_enter_futex", "syscalls", "sys_enter_futex"),
@@ -153,6 +154,35 @@ impl Probes {
     pub fn thread(&self, tid: u32) -> Option<ThreadStats> {
         let threads: HashMap<_, u32, ThreadStats> = self.map(names::THREADS).ok()?;
         threads.get(&tid, 0).ok()
+    }
+
+    /// Calls `f` with every thread in the kernel map.
+    pub fn for_each_thread(&self, mut f: impl FnMut(u32, &ThreadStats)) {
+        let Ok(threads) = self.map::<HashMap<_, u32, ThreadStats>>(names::THREADS) else {
+            return;
+        };
+        for (tid, stats) in threads.iter().flatten() {
+            f(tid, &stats);
+        }
+    }
+
+    /// Forgets thread `tid` in the kernel map (after it exited and was accounted for).
+    pub fn remove_thread(&mut self, tid: u32) {
+        if let Ok(mut threads) = self.map_mut::<HashMap<_, u32, ThreadStats>>(names::THREADS) {
+            let _ = threads.remove(&tid);
+        }
+    }
+
+    /// Run time and run count of each program, as the kernel counts them while
+    /// `kernel.bpf_stats_enabled` is 1.
+    pub fn program_stats(&self) -> Vec<(String, Duration, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((name.to_owned(), info.run_time(), info.run_count()))
+            })
+            .collect()
     }
 
     /// Events that did not fit in the ring buffer, by kind (index: `EventKind as usize`).

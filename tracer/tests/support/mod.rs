@@ -6,6 +6,7 @@
 )]
 
 pub mod compare;
+pub mod prom;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -198,5 +199,96 @@ pub fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::Exit
             panic!("process {} did not finish within {limit:?}", child.id());
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `tracer daemon` on a free port, stopped with SIGTERM when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `tracer daemon --listen 127.0.0.1:0 ARGS` and waits until it serves.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(tracer())
+            .args(["daemon", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running tracer daemon");
+        let mut reader = BufReader::new(child.stderr.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = String::new();
+        let addr = loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).unwrap();
+            seen.push_str(&line);
+            if let Some(rest) = line
+                .trim()
+                .strip_prefix("tracer: serving metrics at http://")
+            {
+                break rest.trim_end_matches("/metrics").to_owned();
+            }
+            assert!(
+                n > 0 && Instant::now() < deadline,
+                "the daemon did not start:\n{seen}"
+            );
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(seen));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Self { child, addr, log }
+    }
+
+    /// Parsed samples of one scrape.
+    pub fn samples(&self) -> Vec<prom::Sample> {
+        prom::parse(&prom::scrape(&self.addr))
+    }
+
+    /// Resident memory of the daemon, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("VmRSS:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap()
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling a child we started.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Stops the daemon with SIGTERM and returns its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        wait_with_limit(&mut self.child, Duration::from_secs(10))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(libc::SIGTERM);
+            let _ = wait_with_limit(&mut self.child, Duration::from_secs(10));
+        }
     }
 }

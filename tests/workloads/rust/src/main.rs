@@ -8,6 +8,7 @@
 //! - `TRACER_GATE=1`: print `ready <pid>` and wait for a line on stdin before
 //!   creating any thread.
 
+mod churn;
 mod mixed;
 mod tracked;
 mod truth;
@@ -30,7 +31,7 @@ const GATE_ENV: &str = "TRACER_GATE";
 /// it creates.
 type Scenario = fn(&mut Tracked);
 
-const SCENARIOS: &[(&str, Scenario)] = &[("mixed", mixed::run)];
+const SCENARIOS: &[(&str, Scenario)] = &[("mixed", mixed::run), ("churn", churn::run)];
 
 fn usage() -> String {
     let names: Vec<_> = SCENARIOS.iter().map(|(name, _)| *name).collect();

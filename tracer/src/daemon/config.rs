@@ -1,0 +1,228 @@
+//! Daemon configuration: a TOML file, command-line flags over it, reloaded on SIGHUP.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Where `/metrics` is served unless configured otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+/// The daemon's settings, as written in its TOML file.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the metrics endpoint.
+    pub listen: SocketAddr,
+    /// Thread series kept per process; further thread names fold into `thread="other"`.
+    pub max_threads_per_process: usize,
+    /// Seconds a series of threads that are all gone is kept before it expires.
+    pub series_expiry_secs: u64,
+    /// Process names (regular expressions, whole name) to export; empty means all.
+    pub include_processes: Vec<String>,
+    /// Process names (regular expressions, whole name) never exported.
+    pub exclude_processes: Vec<String>,
+    /// Rules applied in order to thread names before they become labels.
+    pub thread_name_rules: Vec<NameRule>,
+    /// Threads the kernel map can hold at once.
+    pub max_traced_threads: u32,
+}
+
+/// Rewrites thread names matching `pattern` (a regular expression) to `replacement`
+/// (`$1`-style groups allowed), e.g. `worker-\d+` to `worker-N`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameRule {
+    pub pattern: String,
+    pub replacement: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            max_threads_per_process: 64,
+            series_expiry_secs: 600,
+            include_processes: Vec::new(),
+            exclude_processes: Vec::new(),
+            thread_name_rules: Vec::new(),
+            max_traced_threads: 32768,
+        }
+    }
+}
+
+/// Flags that override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// The file at `path` (defaults where it is silent), with `overrides` applied.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Self> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
+                Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => Self::default(),
+        };
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        config.compile()?;
+        Ok(config)
+    }
+
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn series_expiry(&self) -> Duration {
+        Duration::from_secs(self.series_expiry_secs)
+    }
+
+    /// Checks the settings and compiles the patterns.
+    pub fn compile(&self) -> Result<Compiled> {
+        if self.max_threads_per_process == 0 {
+            return Err(Error::Config(
+                "max_threads_per_process must be at least 1".into(),
+            ));
+        }
+        if self.max_traced_threads < 64 {
+            return Err(Error::Config(
+                "max_traced_threads must be at least 64".into(),
+            ));
+        }
+        let whole = |p: &String| {
+            Regex::new(&format!("^(?:{p})$"))
+                .map_err(|e| Error::Config(format!("bad process pattern {p:?}: {e}")))
+        };
+        Ok(Compiled {
+            include: self
+                .include_processes
+                .iter()
+                .map(whole)
+                .collect::<Result<_>>()?,
+            exclude: self
+                .exclude_processes
+                .iter()
+                .map(whole)
+                .collect::<Result<_>>()?,
+            rules: self
+                .thread_name_rules
+                .iter()
+                .map(|r| {
+                    Regex::new(&r.pattern)
+                        .map(|re| (re, r.replacement.clone()))
+                        .map_err(|e| {
+                            Error::Config(format!("bad thread name pattern {:?}: {e}", r.pattern))
+                        })
+                })
+                .collect::<Result<_>>()?,
+            max_threads_per_process: self.max_threads_per_process,
+        })
+    }
+}
+
+/// The parts of a [`Config`] used on every scrape, ready to use.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    include: Vec<Regex>,
+    exclude: Vec<Regex>,
+    rules: Vec<(Regex, String)>,
+    pub max_threads_per_process: usize,
+}
+
+impl Compiled {
+    /// Whether a process with this name is exported.
+    pub fn exports(&self, process: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|re| re.is_match(process)))
+            && !self.exclude.iter().any(|re| re.is_match(process))
+    }
+
+    /// A thread name after the normalisation rules.
+    pub fn thread_label(&self, name: &str) -> String {
+        let mut name = name.to_owned();
+        for (re, replacement) in &self.rules {
+            name = re.replace_all(&name, replacement.as_str()).into_owned();
+        }
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_flags() {
+        let text = r#"
+            listen = "0.0.0.0:9000"
+            max_threads_per_process = 8
+            exclude_processes = ["systemd.*"]
+            [[thread_name_rules]]
+            pattern = '-\d+$'
+            replacement = "-N"
+        "#;
+        let file = Config::parse(text).unwrap();
+        assert_eq!(file.listen.port(), 9000);
+        assert_eq!(
+            file.series_expiry_secs,
+            Config::default().series_expiry_secs
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tracer.toml");
+        std::fs::write(&path, text).unwrap();
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:1234".parse().unwrap()),
+        };
+        let config = Config::load(Some(&path), &overrides).unwrap();
+        assert_eq!(config.listen.port(), 1234);
+        let compiled = config.compile().unwrap();
+        assert_eq!(compiled.thread_label("worker-17"), "worker-N");
+        assert!(!compiled.exports("systemd-journald"));
+        assert!(compiled.exports("python3"));
+        // The effective configuration reads back as itself.
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        assert!(Config::parse("listen = 5").is_err());
+        assert!(
+            Config::parse("unknown_key = 1")
+                .unwrap_err()
+                .contains("unknown")
+        );
+        let bad = Config {
+            include_processes: vec!["(".into()],
+            ..Config::default()
+        };
+        assert!(
+            bad.compile()
+                .unwrap_err()
+                .to_string()
+                .contains("bad process pattern")
+        );
+    }
+
+    #[test]
+    fn include_patterns_match_whole_names() {
+        let config = Config {
+            include_processes: vec!["python3".into()],
+            ..Config::default()
+        };
+        let compiled = config.compile().unwrap();
+        assert!(compiled.exports("python3"));
+        assert!(!compiled.exports("python3.11"));
+    }
+}

@@ -1,0 +1,322 @@
+//! `tracer daemon`: attaches system-wide and serves Prometheus metrics.
+
+pub mod config;
+mod http;
+pub mod metrics;
+mod notify;
+pub mod state;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::signal::unix::{SignalKind, signal};
+use tracer_common::event::EventKind;
+
+use self::{
+    config::{Compiled, Config, Overrides},
+    metrics::{ProcessRow, Scrape},
+    state::{State, Values},
+};
+use crate::{
+    capture::{comm_to_string, events::Event},
+    error::{Error, Result},
+    kernel::{monotonic_ns, privileges, procfs},
+    probes::{self, Options, Probes},
+};
+
+/// Lifecycle events only: scheduling and futex activity is aggregated in the kernel.
+const STREAMED: [EventKind; 3] = [
+    EventKind::ThreadCreated,
+    EventKind::ThreadExited,
+    EventKind::ThreadRenamed,
+];
+
+/// How long an exited thread stays in the kernel map before its last counts are read, so
+/// that its final switch is in them.
+const HARVEST_DELAY: Duration = Duration::from_millis(200);
+/// How often threads that exited unseen (lost events) are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How the daemon was started.
+#[derive(Debug, Clone, Default)]
+pub struct Args {
+    pub config: Option<PathBuf>,
+    pub overrides: Overrides,
+    pub print_config: bool,
+}
+
+/// State shared by the event loop and scrapes.
+pub struct Shared {
+    probes: Mutex<Probes>,
+    state: Mutex<State>,
+    config: RwLock<(Config, Compiled)>,
+    last_scrape: Mutex<Duration>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(args: Args) -> Result<()> {
+    let config = Config::load(args.config.as_deref(), &args.overrides)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    privileges::require_tracing("run the daemon")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tracer-daemon")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the event loop", e))?;
+    runtime.block_on(serve(args, config))
+}
+
+async fn serve(args: Args, config: Config) -> Result<()> {
+    let compiled = config.compile()?;
+    let mut probes = Probes::load(Options {
+        filtered: false,
+        stream: &STREAMED,
+        max_threads: config.max_traced_threads,
+    })?;
+    let ring = probes.take_events()?;
+    probes.attach()?;
+    let mut state = State::default();
+    for (tid, tgid, comm) in procfs::all_threads() {
+        state.add_thread(tid, tgid, comm);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::io(format!("listening on {}", config.listen), e))?;
+    let listen = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the listen address", e))?;
+    let shared = Arc::new(Shared {
+        probes: Mutex::new(probes),
+        state: Mutex::new(state),
+        config: RwLock::new((config, compiled)),
+        last_scrape: Mutex::new(Duration::ZERO),
+    });
+    tokio::spawn(http::serve(listener, shared.clone()));
+    notify::notify("READY=1");
+    eprintln!("tracer: serving metrics at http://{listen}/metrics");
+    let result = event_loop(&args, &shared, ring).await;
+    notify::notify("STOPPING=1");
+    result
+}
+
+async fn event_loop(args: &Args, shared: &Shared, mut ring: RingBuf<MapData>) -> Result<()> {
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("handling SIGINT", e))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("handling SIGTERM", e))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| Error::io("handling SIGHUP", e))?;
+    let mut drain = tokio::time::interval(probes::DRAIN_INTERVAL);
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    let mut last_sweep = Instant::now();
+    let mut exited: Vec<(u32, Instant)> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = drain.tick() => {
+                while let Some(item) = ring.next() {
+                    if let Some(event) = Event::decode(&item) {
+                        apply(shared, &event, &mut exited);
+                    }
+                }
+            }
+            _ = housekeeping.tick() => {
+                let now = Instant::now();
+                let due: Vec<u32> = exited.iter().filter(|(_, at)| now.duration_since(*at) >= HARVEST_DELAY).map(|(tid, _)| *tid).collect();
+                exited.retain(|(_, at)| now.duration_since(*at) < HARVEST_DELAY);
+                harvest(shared, &due);
+                if now.duration_since(last_sweep) >= SWEEP_INTERVAL {
+                    last_sweep = now;
+                    sweep(shared);
+                }
+                let expiry = shared.config.read().expect("config lock").0.series_expiry();
+                shared.state.lock().expect("state lock").expire(now, expiry);
+            }
+            _ = hangup.recv() => reload(args, shared),
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+        }
+    }
+}
+
+fn apply(shared: &Shared, event: &Event, exited: &mut Vec<(u32, Instant)>) {
+    let now = Instant::now();
+    let mut state = shared.state.lock().expect("state lock");
+    match event {
+        Event::ThreadCreated(e) => state.thread_created(
+            e.tid,
+            e.tgid,
+            comm_to_string(&e.comm),
+            e.tgid == e.parent_tgid,
+            now,
+        ),
+        Event::ThreadRenamed(e) => state.thread_renamed(e.tid, comm_to_string(&e.new_comm)),
+        Event::ThreadExited(e) => exited.push((e.tid, now)),
+        Event::Switch(_) | Event::Wakeup(_) | Event::FutexWait(_) => {}
+    }
+}
+
+/// Moves exited threads' last counts from the kernel map into their series.
+fn harvest(shared: &Shared, tids: &[u32]) {
+    if tids.is_empty() {
+        return;
+    }
+    let now_ns = monotonic_ns();
+    let now = Instant::now();
+    let config = shared.config.read().expect("config lock");
+    let mut probes = shared.probes.lock().expect("probes lock");
+    let mut state = shared.state.lock().expect("state lock");
+    for &tid in tids {
+        let last = probes
+            .thread(tid)
+            .map(|stats| Values::of_thread(&stats, now_ns));
+        probes.remove_thread(tid);
+        state.thread_exited(tid, last, now, &config.1);
+    }
+}
+
+/// Finds map entries of threads that no longer exist (their exit event was lost).
+fn sweep(shared: &Shared) {
+    let mut gone = Vec::new();
+    shared
+        .probes
+        .lock()
+        .expect("probes lock")
+        .for_each_thread(|tid, _| {
+            if !std::path::Path::new(&format!("/proc/{tid}")).exists() {
+                gone.push(tid);
+            }
+        });
+    harvest(shared, &gone);
+}
+
+fn reload(args: &Args, shared: &Shared) {
+    match Config::load(args.config.as_deref(), &args.overrides)
+        .and_then(|c| c.compile().map(|k| (c, k)))
+    {
+        Ok((config, compiled)) => {
+            let mut current = shared.config.write().expect("config lock");
+            if config.listen != current.0.listen {
+                eprintln!("tracer: the listen address changes only on restart");
+            }
+            *current = (config, compiled);
+            eprintln!("tracer: configuration reloaded");
+        }
+        Err(e) => eprintln!("tracer: keeping the previous configuration: {e}"),
+    }
+}
+
+impl Shared {
+    /// Collects every metric now and renders the exposition text.
+    pub fn render(&self) -> String {
+        let started = Instant::now();
+        let scrape = self.collect();
+        let text = metrics::encode(&metrics::families(&scrape));
+        *self.last_scrape.lock().expect("scrape lock") = started.elapsed();
+        text
+    }
+
+    fn collect(&self) -> Scrape {
+        let now_ns = monotonic_ns();
+        let config = self.config.read().expect("config lock");
+        let rules = &config.1;
+        let probes = self.probes.lock().expect("probes lock");
+        let mut state = self.state.lock().expect("state lock");
+        let mut series: HashMap<state::SeriesKey, Values> = HashMap::new();
+        probes.for_each_thread(|tid, stats| {
+            if !state.threads.contains_key(&tid) {
+                // Not announced by an event (it predates a lost one): ask /proc.
+                let Some((tgid, comm)) = procfs::thread_identity(tid) else {
+                    return;
+                };
+                if !state.process_names.contains_key(&tgid) {
+                    let leader = procfs::thread_comm(tgid, tgid).unwrap_or_default();
+                    state.process_names.insert(tgid, leader);
+                }
+                state.add_thread(tid, tgid, comm);
+            }
+            let (tgid, comm, known) = {
+                let t = &state.threads[&tid];
+                (t.tgid, t.comm.clone(), t.series.clone())
+            };
+            let Some(process) = state.process_name(tgid).map(str::to_owned) else {
+                return;
+            };
+            if !rules.exports(&process) {
+                return;
+            }
+            let key = match known {
+                Some(key) => key,
+                None => {
+                    let key = state.series_for(&process, &comm, rules);
+                    if let Some(t) = state.threads.get_mut(&tid) {
+                        t.series = Some(key.clone());
+                    }
+                    key
+                }
+            };
+            series
+                .entry(key)
+                .or_default()
+                .add(&Values::of_thread(stats, now_ns));
+        });
+        state.finish_scrape(&mut series);
+        // A process's run-queue waits: those of all its series, live or retired.
+        let mut runqueue: HashMap<String, Values> = HashMap::new();
+        for (key, values) in &series {
+            runqueue.entry(key.process.clone()).or_default().add(values);
+        }
+        let mut alive: HashMap<&str, u64> = HashMap::new();
+        for t in state.threads.values() {
+            if let Some(name) = state.process_names.get(&t.tgid) {
+                *alive.entry(name.as_str()).or_default() += 1;
+            }
+        }
+        let mut processes: Vec<ProcessRow> = alive
+            .iter()
+            .map(|(name, &n)| ((*name).to_owned(), n))
+            .chain(state.processes.keys().map(|name| (name.clone(), 0)))
+            .filter(|(name, _)| rules.exports(name))
+            .map(|(name, n)| ProcessRow {
+                threads_alive: alive.get(name.as_str()).copied().unwrap_or(n),
+                threads_created: state.processes.get(&name).map_or(0, |c| c.threads_created),
+                threads_exited: state.processes.get(&name).map_or(0, |c| c.threads_exited),
+                runqueue: runqueue.remove(&name).unwrap_or_default(),
+                process: name,
+            })
+            .collect();
+        processes.sort_by(|a, b| a.process.cmp(&b.process));
+        processes.dedup_by(|a, b| a.process == b.process);
+        let mut series: Vec<_> = series.into_iter().collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let (cpu_seconds, resident_bytes) = procfs::own_usage();
+        let bpf_stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() == "1");
+        Scrape {
+            series,
+            processes,
+            lost: EventKind::ALL.iter().copied().zip(probes.lost()).collect(),
+            folded: state.folded,
+            last_scrape_seconds: self.last_scrape.lock().expect("scrape lock").as_secs_f64(),
+            cpu_seconds,
+            resident_bytes,
+            programs: if bpf_stats_enabled {
+                probes
+                    .program_stats()
+                    .into_iter()
+                    .map(|(name, time, runs)| (name, time.as_secs_f64(), runs))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            bpf_stats_enabled,
+        }
+    }
+}

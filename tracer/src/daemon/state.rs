@@ -1,0 +1,386 @@
+//! What the daemon knows between scrapes: live threads and processes (from `/proc` at start
+//! and lifecycle events after), and per-series totals of threads that are gone.
+//!
+//! Counters of live threads are read from the kernel map at each scrape; only exited threads'
+//! final counts are kept here, so that a series never goes backwards when its threads end.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use tracer_common::thread::{HISTOGRAM_BUCKETS, ThreadStats};
+
+use super::config::Compiled;
+use crate::capture::summary::Counters;
+
+/// The label of the series threads over a process's cap fold into.
+pub const OTHER: &str = "other";
+
+/// Identity of an exported per-thread series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub process: String,
+    pub thread: String,
+}
+
+/// Everything counted for one series (or one thread).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Values {
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub on_cpu_ns: u64,
+    pub runqueue_wait_ns: u64,
+    pub runqueue_waits: u64,
+    pub futex_waits: u64,
+    pub futex_wait_ns: u64,
+    pub runqueue_hist: [u64; HISTOGRAM_BUCKETS],
+    pub futex_hist: [u64; HISTOGRAM_BUCKETS],
+}
+
+impl Default for Values {
+    fn default() -> Self {
+        Self {
+            voluntary_switches: 0,
+            involuntary_switches: 0,
+            on_cpu_ns: 0,
+            runqueue_wait_ns: 0,
+            runqueue_waits: 0,
+            futex_waits: 0,
+            futex_wait_ns: 0,
+            runqueue_hist: [0; HISTOGRAM_BUCKETS],
+            futex_hist: [0; HISTOGRAM_BUCKETS],
+        }
+    }
+}
+
+impl Values {
+    /// A thread's values now.
+    pub fn of_thread(stats: &ThreadStats, now_ns: u64) -> Self {
+        let c = Counters::settle(stats, now_ns, true, false);
+        Self {
+            voluntary_switches: c.voluntary_switches,
+            involuntary_switches: c.involuntary_switches,
+            on_cpu_ns: c.on_cpu_ns,
+            runqueue_wait_ns: c.runqueue_wait_ns,
+            runqueue_waits: stats.runqueue_waits,
+            futex_waits: c.futex_waits,
+            futex_wait_ns: c.futex_wait_ns,
+            runqueue_hist: stats.runqueue_hist.map(u64::from),
+            futex_hist: stats.futex_hist.map(u64::from),
+        }
+    }
+
+    fn fields(&mut self) -> impl Iterator<Item = &mut u64> {
+        [
+            &mut self.voluntary_switches,
+            &mut self.involuntary_switches,
+            &mut self.on_cpu_ns,
+            &mut self.runqueue_wait_ns,
+            &mut self.runqueue_waits,
+            &mut self.futex_waits,
+            &mut self.futex_wait_ns,
+        ]
+        .into_iter()
+        .chain(self.runqueue_hist.iter_mut())
+        .chain(self.futex_hist.iter_mut())
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        let mut other = other.clone();
+        for (a, b) in self.fields().zip(other.fields()) {
+            *a += *b;
+        }
+    }
+
+    /// Raises every field to at least `floor`'s: counters must never go backwards.
+    pub fn at_least(&mut self, floor: &Self) {
+        let mut floor = floor.clone();
+        for (a, b) in self.fields().zip(floor.fields()) {
+            *a = (*a).max(*b);
+        }
+    }
+}
+
+/// A live thread as the daemon knows it.
+#[derive(Clone, Debug)]
+pub struct Thread {
+    pub tgid: u32,
+    pub comm: String,
+    /// The series it counts in, fixed the first time it is exported.
+    pub series: Option<SeriesKey>,
+}
+
+/// A process name's lifecycle counts.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessCounts {
+    pub threads_created: u64,
+    pub threads_exited: u64,
+    pub last_seen: Option<Instant>,
+}
+
+/// The daemon's state; see the module documentation.
+#[derive(Debug, Default)]
+pub struct State {
+    pub threads: HashMap<u32, Thread>,
+    /// Names of thread group leaders, by tgid.
+    pub process_names: HashMap<u32, String>,
+    pub processes: HashMap<String, ProcessCounts>,
+    /// Thread labels admitted per process (at most the cap).
+    admitted: HashMap<String, HashSet<String>>,
+    /// Final values of exited threads, by series, and when a thread of it was last seen.
+    retired: HashMap<SeriesKey, (Values, Instant)>,
+    /// Values last exported, by series.
+    reported: HashMap<SeriesKey, Values>,
+    /// Threads whose series folded into `thread="other"`.
+    pub folded: u64,
+}
+
+impl State {
+    /// The process name of thread group `tgid` (the leader's name).
+    pub fn process_name(&self, tgid: u32) -> Option<&str> {
+        self.process_names.get(&tgid).map(String::as_str)
+    }
+
+    /// Records a thread seen alive (at start, or created).
+    pub fn add_thread(&mut self, tid: u32, tgid: u32, comm: String) {
+        if tid == tgid {
+            self.process_names.insert(tgid, comm.clone());
+        }
+        self.threads.insert(
+            tid,
+            Thread {
+                tgid,
+                comm,
+                series: None,
+            },
+        );
+    }
+
+    /// A new task: a thread of an existing process (`in_process`), or a new process's first
+    /// thread. Only the former counts as a thread created: the first thread of a forked
+    /// process still carries its parent's name until it execs.
+    pub fn thread_created(
+        &mut self,
+        tid: u32,
+        tgid: u32,
+        comm: String,
+        in_process: bool,
+        now: Instant,
+    ) {
+        self.add_thread(tid, tgid, comm);
+        if in_process {
+            let process = self.process_name(tgid).unwrap_or("").to_owned();
+            let counts = self.processes.entry(process).or_default();
+            counts.threads_created += 1;
+            counts.last_seen = Some(now);
+        }
+    }
+
+    pub fn thread_renamed(&mut self, tid: u32, comm: String) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            if t.tgid == tid {
+                self.process_names.insert(tid, comm.clone());
+            }
+            t.comm = comm;
+        }
+    }
+
+    /// Retires a thread that exited, with its final values (when the kernel map had them).
+    pub fn thread_exited(
+        &mut self,
+        tid: u32,
+        last: Option<Values>,
+        now: Instant,
+        rules: &Compiled,
+    ) {
+        let Some(thread) = self.threads.remove(&tid) else {
+            return;
+        };
+        let process = self.process_name(thread.tgid).unwrap_or("").to_owned();
+        // The main thread's end is the process's end, not thread churn.
+        if tid != thread.tgid {
+            let counts = self.processes.entry(process.clone()).or_default();
+            counts.threads_exited += 1;
+            counts.last_seen = Some(now);
+        }
+        if let Some(values) = last {
+            let key = match thread.series {
+                Some(key) => key,
+                None => self.series_for(&process, &thread.comm, rules),
+            };
+            let entry = self
+                .retired
+                .entry(key)
+                .or_insert_with(|| (Values::default(), now));
+            entry.0.add(&values);
+            entry.1 = now;
+        }
+        if tid == thread.tgid {
+            self.process_names.remove(&tid);
+        }
+    }
+
+    /// The series a thread named `name` of `process` counts in, admitting it under the cap.
+    pub fn series_for(&mut self, process: &str, name: &str, rules: &Compiled) -> SeriesKey {
+        let label = rules.thread_label(name);
+        let admitted = self.admitted.entry(process.to_owned()).or_default();
+        let thread = if admitted.contains(&label) {
+            label
+        } else if admitted.len() < rules.max_threads_per_process {
+            admitted.insert(label.clone());
+            label
+        } else {
+            self.folded += 1;
+            OTHER.to_owned()
+        };
+        SeriesKey {
+            process: process.to_owned(),
+            thread,
+        }
+    }
+
+    /// Adds the retired values to `live` and clamps every series to what was last exported.
+    pub fn finish_scrape(&mut self, live: &mut HashMap<SeriesKey, Values>) {
+        for (key, (values, _)) in &self.retired {
+            live.entry(key.clone()).or_default().add(values);
+        }
+        for (key, values) in live.iter_mut() {
+            if let Some(previous) = self.reported.get(key) {
+                values.at_least(previous);
+            }
+            self.reported.insert(key.clone(), values.clone());
+        }
+        // Series whose threads are all gone stay until they expire.
+        self.reported.retain(|key, _| live.contains_key(key));
+    }
+
+    /// Forgets series and process counts unseen for `expiry`, freeing their places under the cap.
+    pub fn expire(&mut self, now: Instant, expiry: Duration) {
+        let live: HashSet<SeriesKey> = self
+            .threads
+            .values()
+            .filter_map(|t| t.series.clone())
+            .collect();
+        let expired: Vec<SeriesKey> = self
+            .retired
+            .iter()
+            .filter(|(key, (_, seen))| !live.contains(*key) && now.duration_since(*seen) >= expiry)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in expired {
+            self.retired.remove(&key);
+            self.reported.remove(&key);
+            if let Some(admitted) = self.admitted.get_mut(&key.process) {
+                admitted.remove(&key.thread);
+                if admitted.is_empty() {
+                    self.admitted.remove(&key.process);
+                }
+            }
+        }
+        let live_processes: HashSet<&String> = self.process_names.values().collect();
+        self.processes.retain(|name, counts| {
+            live_processes.contains(name)
+                || counts
+                    .last_seen
+                    .is_none_or(|seen| now.duration_since(seen) < expiry)
+        });
+    }
+
+    /// Number of series that have kept values of exited threads.
+    #[cfg(test)]
+    pub fn retired_series(&self) -> usize {
+        self.retired.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::Config;
+
+    fn rules(cap: usize) -> Compiled {
+        Config {
+            max_threads_per_process: cap,
+            ..Config::default()
+        }
+        .compile()
+        .unwrap()
+    }
+
+    fn values(v: u64) -> Values {
+        Values {
+            voluntary_switches: v,
+            on_cpu_ns: v * 1000,
+            ..Values::default()
+        }
+    }
+
+    #[test]
+    fn names_over_the_cap_fold_into_other() {
+        let rules = rules(2);
+        let mut state = State::default();
+        assert_eq!(state.series_for("p", "a", &rules).thread, "a");
+        assert_eq!(state.series_for("p", "b", &rules).thread, "b");
+        assert_eq!(state.series_for("p", "a", &rules).thread, "a");
+        assert_eq!(state.series_for("p", "c", &rules).thread, OTHER);
+        assert_eq!(state.series_for("q", "c", &rules).thread, "c");
+        assert_eq!(state.folded, 1);
+    }
+
+    #[test]
+    fn exited_threads_keep_counting_in_their_series() {
+        let rules = rules(8);
+        let now = Instant::now();
+        let mut state = State::default();
+        state.add_thread(10, 10, "app".into());
+        state.thread_created(11, 10, "worker".into(), true, now);
+        let key = state.series_for("app", "worker", &rules);
+        state.threads.get_mut(&11).unwrap().series = Some(key.clone());
+        // Scrape 1: the worker is alive with 5.
+        let mut live = HashMap::from([(key.clone(), values(5))]);
+        state.finish_scrape(&mut live);
+        assert_eq!(live[&key].voluntary_switches, 5);
+        // It exits with 6; scrape 2 shows no live thread but the series keeps 6.
+        state.thread_exited(11, Some(values(6)), now, &rules);
+        let mut live = HashMap::new();
+        state.finish_scrape(&mut live);
+        assert_eq!(live[&key].voluntary_switches, 6);
+        assert_eq!(state.processes["app"].threads_exited, 1);
+        // A new worker of the same name adds to it.
+        state.thread_created(12, 10, "worker".into(), true, now);
+        let mut live = HashMap::from([(key.clone(), values(1))]);
+        state.finish_scrape(&mut live);
+        assert_eq!(live[&key].voluntary_switches, 7);
+    }
+
+    #[test]
+    fn counters_never_go_backwards() {
+        let mut state = State::default();
+        let key = SeriesKey {
+            process: "p".into(),
+            thread: "t".into(),
+        };
+        let now = Instant::now();
+        state.finish_scrape(&mut HashMap::from([(key.clone(), values(10))]));
+        let mut lower = HashMap::from([(key.clone(), values(9))]);
+        state.finish_scrape(&mut lower);
+        assert_eq!(lower[&key].voluntary_switches, 10);
+    }
+
+    #[test]
+    fn gone_series_expire_and_free_their_place() {
+        let rules = rules(1);
+        let start = Instant::now();
+        let mut state = State::default();
+        state.add_thread(20, 20, "app".into());
+        state.thread_created(21, 20, "old".into(), true, start);
+        let key = state.series_for("app", "old", &rules);
+        state.threads.get_mut(&21).unwrap().series = Some(key);
+        state.thread_exited(21, Some(values(1)), start, &rules);
+        assert_eq!(state.series_for("app", "new", &rules).thread, OTHER);
+        state.expire(start + Duration::from_secs(11), Duration::from_secs(10));
+        assert_eq!(state.retired_series(), 0);
+        assert_eq!(state.series_for("app", "new", &rules).thread, "new");
+    }
+}

@@ -1,0 +1,284 @@
+//! `tracer daemon` end to end: metrics against the workloads' own counters, untrusted names,
+//! bounded memory under thread churn, lifecycle and configuration.
+
+mod support;
+
+use std::{
+    os::unix::net::UnixDatagram,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use support::{
+    prom::{find, value},
+    *,
+};
+
+/// Long enough for exited threads to be moved from the kernel map into their series.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+#[test]
+fn metrics_match_the_kernels_counters() {
+    if !can_trace("metrics_match_the_kernels_counters") {
+        return;
+    }
+    let daemon = Daemon::start(&[], &[]);
+    let dir = scratch();
+    let truth_path = dir.path().join("truth.json");
+    let status = Command::new(rust_workload())
+        .arg("mixed")
+        .env("TRACER_TRUTH", &truth_path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(SETTLE);
+    let samples = daemon.samples();
+    let truth = read_json(&truth_path);
+    let process = "thread-workload";
+    let threads = truth["threads"].as_array().unwrap();
+    let created = value(
+        &samples,
+        "tracer_threads_created_total",
+        &[("process", process)],
+    );
+    let exited = value(
+        &samples,
+        "tracer_threads_exited_total",
+        &[("process", process)],
+    );
+    assert_eq!(created as usize, threads.len() - 1, "every thread but main");
+    assert_eq!(exited, created);
+    let mut problems = Vec::new();
+    for t in threads {
+        let comm = t["comm"].as_str().unwrap();
+        // Each workload thread has a name of its own; the label is the name it was first
+        // exported under, which is the final one for threads that renamed before exiting.
+        let label = if t["renames"].as_array().unwrap().len() > 1 {
+            continue;
+        } else {
+            comm
+        };
+        let pt = [("process", process), ("thread", label)];
+        let switches = |kind: &str| {
+            value(
+                &samples,
+                "tracer_thread_context_switches_total",
+                &[pt[0], pt[1], ("kind", kind)],
+            ) as u64
+        };
+        for (kind, key) in [
+            ("voluntary", "voluntary_switches"),
+            ("involuntary", "involuntary_switches"),
+        ] {
+            let (got, want) = (switches(kind), t[key].as_u64().unwrap());
+            if got.abs_diff(want) > 3.max(want / 50) {
+                problems.push(format!("{label} {kind}: {got} vs kernel {want}"));
+            }
+        }
+        let cpu = value(&samples, "tracer_thread_cpu_seconds_total", &pt);
+        let want = t["on_cpu_ns"].as_u64().unwrap() as f64 / 1e9;
+        if (cpu - want).abs() > 0.002f64.max(want * 0.05) {
+            problems.push(format!("{label} cpu: {cpu} vs kernel {want}"));
+        }
+        if t["lock_contender"].as_bool() == Some(true) {
+            let waits = value(&samples, "tracer_futex_wait_seconds_count", &pt);
+            if waits == 0.0 {
+                problems.push(format!("{label}: no futex waits"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let rq = find(
+        &samples,
+        "tracer_runqueue_latency_seconds_count",
+        &[("process", process)],
+    );
+    assert!(rq.len() == 1 && rq[0].value > 0.0, "{rq:?}");
+    for kind in ["thread_created", "switch", "futex_wait"] {
+        assert_eq!(
+            value(&samples, "tracer_events_lost_total", &[("kind", kind)]),
+            0.0
+        );
+    }
+    assert!(value(&samples, "tracer_process_resident_memory_bytes", &[]) > 0.0);
+}
+
+#[test]
+fn hostile_thread_names_are_escaped() {
+    if !can_trace("hostile_thread_names_are_escaped") {
+        return;
+    }
+    let daemon = Daemon::start(&[], &[]);
+    // Kernel names are any bytes but NUL, cut to 15.
+    let script = r#"
+import ctypes, sys, threading, time
+libc = ctypes.CDLL(None)
+def named(raw):
+    libc.prctl(15, ctypes.c_char_p(raw), 0, 0, 0)
+    time.sleep(3)
+threads = [threading.Thread(target=named, args=(n,)) for n in (b'q"}\n{x="\\', b'\xff\xfeutf8?', b'a b\tc')]
+for t in threads: t.start()
+print("ready", flush=True)
+for t in threads: t.join()
+"#;
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    std::thread::sleep(Duration::from_millis(300));
+    // `samples` parses strictly: any unescaped quote or newline would fail here.
+    let samples = daemon.samples();
+    let threads: Vec<&str> = find(
+        &samples,
+        "tracer_thread_cpu_seconds_total",
+        &[("process", "python3")],
+    )
+    .iter()
+    .map(|s| s.labels["thread"].as_str())
+    .collect();
+    child.wait().unwrap();
+    for expected in ["q\"}\n{x=\"\\", "\u{fffd}\u{fffd}utf8?", "a b\tc"] {
+        assert!(
+            threads.contains(&expected),
+            "{expected:?} not in {threads:?}"
+        );
+    }
+}
+
+#[test]
+fn a_hundred_thousand_random_thread_names_stay_bounded() {
+    if !can_trace("a_hundred_thousand_random_thread_names_stay_bounded") {
+        return;
+    }
+    let daemon = Daemon::start(&[], &[]);
+    let before = daemon.rss_kib();
+    let started = Instant::now();
+    let status = Command::new(rust_workload())
+        .arg("churn")
+        .env("TRACER_CHURN_THREADS", "100000")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(SETTLE);
+    let samples = daemon.samples();
+    let after = daemon.rss_kib();
+    let process = "thread-workload";
+    let series = find(
+        &samples,
+        "tracer_thread_cpu_seconds_total",
+        &[("process", process)],
+    );
+    assert!(
+        series.len() <= 64 + 1,
+        "{} series for one process",
+        series.len()
+    );
+    assert!(series.iter().any(|s| s.labels["thread"] == "other"));
+    let created = value(
+        &samples,
+        "tracer_threads_created_total",
+        &[("process", process)],
+    );
+    assert_eq!(created, 100_000.0);
+    let folded = value(&samples, "tracer_series_folded_total", &[]);
+    assert!(folded >= 100_000.0 - 64.0, "{folded}");
+    assert!(
+        after < before + 16 * 1024,
+        "daemon memory grew from {before} KiB to {after} KiB over {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "tracer_events_lost_total",
+            &[("kind", "thread_created")]
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn ready_reload_and_clean_exit() {
+    if !can_trace("ready_reload_and_clean_exit") {
+        return;
+    }
+    let dir = scratch();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let config = dir.path().join("tracer.toml");
+    std::fs::write(&config, "max_threads_per_process = 8\n").unwrap();
+    let daemon = Daemon::start(
+        &["--config", config.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let wait_for = |text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !daemon.log.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in:\n{}",
+                daemon.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    std::fs::write(&config, "max_threads_per_process = 0\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for("keeping the previous configuration");
+    std::fs::write(&config, "max_threads_per_process = 16\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for("configuration reloaded");
+    let stopped = Instant::now();
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+    assert!(stopped.elapsed() < Duration::from_secs(5));
+    let n = socket.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+#[test]
+fn print_config_shows_the_file_under_the_flags() {
+    let dir = scratch();
+    let config = dir.path().join("tracer.toml");
+    std::fs::write(
+        &config,
+        "listen = \"0.0.0.0:9000\"\nmax_threads_per_process = 5\n[[thread_name_rules]]\npattern = '\\d+'\nreplacement = \"N\"\n",
+    )
+    .unwrap();
+    let out = Command::new(tracer())
+        .args([
+            "daemon",
+            "--print-config",
+            "--listen",
+            "127.0.0.1:9999",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    expect_success("tracer daemon --print-config", &out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("listen = \"127.0.0.1:9999\""), "{text}");
+    assert!(text.contains("max_threads_per_process = 5"), "{text}");
+    assert!(text.contains("replacement = \"N\""), "{text}");
+    let out = Command::new(tracer())
+        .args(["daemon", "--print-config", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading config /nonexistent.toml"));
+}
