@@ -218,7 +218,7 @@ impl Shared {
     pub fn render(&self) -> String {
         let started = Instant::now();
         let scrape = self.collect();
-        let text = metrics::encode(&metrics::families(&scrape));
+        let text = metrics::render(&scrape);
         *self.last_scrape.lock().expect("scrape lock") = started.elapsed();
         text
     }
@@ -229,8 +229,19 @@ impl Shared {
         let rules = &config.1;
         let probes = self.probes.lock().expect("probes lock");
         let mut state = self.state.lock().expect("state lock");
-        let mut series: HashMap<state::SeriesKey, Values> = HashMap::new();
+        let mut series: state::FastMap<state::SeriesKey, Values> = state::FastMap::default();
         probes.for_each_thread(|tid, stats| {
+            let values = Values::of_thread(stats, now_ns);
+            // The common case: a known thread already assigned to its series.
+            if let Some(key) = state.threads.get(&tid).and_then(|t| t.series.as_ref()) {
+                match series.get_mut(key) {
+                    Some(total) => total.add(&values),
+                    None => {
+                        series.insert(key.clone(), values);
+                    }
+                }
+                return;
+            }
             if !state.threads.contains_key(&tid) {
                 // Not announced by an event (it predates a lost one): ask /proc.
                 let Some((tgid, comm)) = procfs::thread_identity(tid) else {
@@ -242,9 +253,9 @@ impl Shared {
                 }
                 state.add_thread(tid, tgid, comm);
             }
-            let (tgid, comm, known) = {
+            let (tgid, comm) = {
                 let t = &state.threads[&tid];
-                (t.tgid, t.comm.clone(), t.series.clone())
+                (t.tgid, t.comm.clone())
             };
             let Some(process) = state.process_name(tgid).map(str::to_owned) else {
                 return;
@@ -252,20 +263,11 @@ impl Shared {
             if !rules.exports(&process) {
                 return;
             }
-            let key = match known {
-                Some(key) => key,
-                None => {
-                    let key = state.series_for(&process, &comm, rules);
-                    if let Some(t) = state.threads.get_mut(&tid) {
-                        t.series = Some(key.clone());
-                    }
-                    key
-                }
-            };
-            series
-                .entry(key)
-                .or_default()
-                .add(&Values::of_thread(stats, now_ns));
+            let key = state.series_for(&process, &comm, rules);
+            if let Some(t) = state.threads.get_mut(&tid) {
+                t.series = Some(key.clone());
+            }
+            series.entry(key).or_default().add(&values);
         });
         state.finish_scrape(&mut series);
         // A process's run-queue waits: those of all its series, live or retired.
@@ -294,8 +296,6 @@ impl Shared {
             .collect();
         processes.sort_by(|a, b| a.process.cmp(&b.process));
         processes.dedup_by(|a, b| a.process == b.process);
-        let mut series: Vec<_> = series.into_iter().collect();
-        series.sort_by(|a, b| a.0.cmp(&b.0));
         let (cpu_seconds, resident_bytes) = procfs::own_usage();
         let bpf_stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
             .is_ok_and(|v| v.trim() == "1");

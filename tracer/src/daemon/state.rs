@@ -14,6 +14,33 @@ use tracer_common::thread::{HISTOGRAM_BUCKETS, ThreadStats};
 use super::config::Compiled;
 use crate::capture::summary::Counters;
 
+/// FNV-1a: much cheaper than the default hasher for the short keys hashed on every scrape
+/// (thread ids, thread and process names), and these maps hold no attacker-chosen volume
+/// beyond the series cap.
+#[derive(Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A hash map with [`Fnv`] hashing.
+pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 /// The label of the series threads over a process's cap fold into.
 pub const OTHER: &str = "other";
 
@@ -71,34 +98,34 @@ impl Values {
         }
     }
 
-    fn fields(&mut self) -> impl Iterator<Item = &mut u64> {
-        [
-            &mut self.voluntary_switches,
-            &mut self.involuntary_switches,
-            &mut self.on_cpu_ns,
-            &mut self.runqueue_wait_ns,
-            &mut self.runqueue_waits,
-            &mut self.futex_waits,
-            &mut self.futex_wait_ns,
-        ]
-        .into_iter()
-        .chain(self.runqueue_hist.iter_mut())
-        .chain(self.futex_hist.iter_mut())
+    /// Combines every field with `other`'s.
+    fn zip_with(&mut self, other: &Self, op: fn(u64, u64) -> u64) {
+        for (a, b) in [
+            (&mut self.voluntary_switches, other.voluntary_switches),
+            (&mut self.involuntary_switches, other.involuntary_switches),
+            (&mut self.on_cpu_ns, other.on_cpu_ns),
+            (&mut self.runqueue_wait_ns, other.runqueue_wait_ns),
+            (&mut self.runqueue_waits, other.runqueue_waits),
+            (&mut self.futex_waits, other.futex_waits),
+            (&mut self.futex_wait_ns, other.futex_wait_ns),
+        ] {
+            *a = op(*a, b);
+        }
+        for (a, b) in self.runqueue_hist.iter_mut().zip(&other.runqueue_hist) {
+            *a = op(*a, *b);
+        }
+        for (a, b) in self.futex_hist.iter_mut().zip(&other.futex_hist) {
+            *a = op(*a, *b);
+        }
     }
 
     pub fn add(&mut self, other: &Self) {
-        let mut other = other.clone();
-        for (a, b) in self.fields().zip(other.fields()) {
-            *a += *b;
-        }
+        self.zip_with(other, u64::wrapping_add);
     }
 
     /// Raises every field to at least `floor`'s: counters must never go backwards.
     pub fn at_least(&mut self, floor: &Self) {
-        let mut floor = floor.clone();
-        for (a, b) in self.fields().zip(floor.fields()) {
-            *a = (*a).max(*b);
-        }
+        self.zip_with(floor, u64::max);
     }
 }
 
@@ -122,16 +149,16 @@ pub struct ProcessCounts {
 /// The daemon's state; see the module documentation.
 #[derive(Debug, Default)]
 pub struct State {
-    pub threads: HashMap<u32, Thread>,
+    pub threads: FastMap<u32, Thread>,
     /// Names of thread group leaders, by tgid.
     pub process_names: HashMap<u32, String>,
     pub processes: HashMap<String, ProcessCounts>,
     /// Thread labels admitted per process (at most the cap).
     admitted: HashMap<String, HashSet<String>>,
     /// Final values of exited threads, by series, and when a thread of it was last seen.
-    retired: HashMap<SeriesKey, (Values, Instant)>,
+    retired: FastMap<SeriesKey, (Values, Instant)>,
     /// Values last exported, by series.
-    reported: HashMap<SeriesKey, Values>,
+    reported: FastMap<SeriesKey, Values>,
     /// Threads whose series folded into `thread="other"`.
     pub folded: u64,
 }
@@ -241,15 +268,20 @@ impl State {
     }
 
     /// Adds the retired values to `live` and clamps every series to what was last exported.
-    pub fn finish_scrape(&mut self, live: &mut HashMap<SeriesKey, Values>) {
+    pub fn finish_scrape(&mut self, live: &mut FastMap<SeriesKey, Values>) {
         for (key, (values, _)) in &self.retired {
             live.entry(key.clone()).or_default().add(values);
         }
         for (key, values) in live.iter_mut() {
-            if let Some(previous) = self.reported.get(key) {
-                values.at_least(previous);
+            match self.reported.get_mut(key) {
+                Some(previous) => {
+                    values.at_least(previous);
+                    previous.clone_from(values);
+                }
+                None => {
+                    self.reported.insert(key.clone(), values.clone());
+                }
             }
-            self.reported.insert(key.clone(), values.clone());
         }
         // Series whose threads are all gone stay until they expire.
         self.reported.retain(|key, _| live.contains_key(key));
@@ -338,18 +370,18 @@ mod tests {
         let key = state.series_for("app", "worker", &rules);
         state.threads.get_mut(&11).unwrap().series = Some(key.clone());
         // Scrape 1: the worker is alive with 5.
-        let mut live = HashMap::from([(key.clone(), values(5))]);
+        let mut live = FastMap::from_iter([(key.clone(), values(5))]);
         state.finish_scrape(&mut live);
         assert_eq!(live[&key].voluntary_switches, 5);
         // It exits with 6; scrape 2 shows no live thread but the series keeps 6.
         state.thread_exited(11, Some(values(6)), now, &rules);
-        let mut live = HashMap::new();
+        let mut live = FastMap::default();
         state.finish_scrape(&mut live);
         assert_eq!(live[&key].voluntary_switches, 6);
         assert_eq!(state.processes["app"].threads_exited, 1);
         // A new worker of the same name adds to it.
         state.thread_created(12, 10, "worker".into(), true, now);
-        let mut live = HashMap::from([(key.clone(), values(1))]);
+        let mut live = FastMap::from_iter([(key.clone(), values(1))]);
         state.finish_scrape(&mut live);
         assert_eq!(live[&key].voluntary_switches, 7);
     }
@@ -362,8 +394,8 @@ mod tests {
             thread: "t".into(),
         };
         let now = Instant::now();
-        state.finish_scrape(&mut HashMap::from([(key.clone(), values(10))]));
-        let mut lower = HashMap::from([(key.clone(), values(9))]);
+        state.finish_scrape(&mut FastMap::from_iter([(key.clone(), values(10))]));
+        let mut lower = FastMap::from_iter([(key.clone(), values(9))]);
         state.finish_scrape(&mut lower);
         assert_eq!(lower[&key].voluntary_switches, 10);
     }

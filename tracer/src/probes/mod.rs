@@ -1,5 +1,6 @@
 //! Loading tracer's eBPF programs, attaching them, and reading what they keep.
 
+mod batch;
 pub mod fields;
 
 use std::time::Duration;
@@ -158,6 +159,21 @@ impl Probes {
 
     /// Calls `f` with every thread in the kernel map.
     pub fn for_each_thread(&self, mut f: impl FnMut(u32, &ThreadStats)) {
+        if let Some(aya::maps::Map::HashMap(data)) = self.ebpf.map(names::THREADS) {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let fd = data.fd().as_fd().as_raw_fd();
+            let mut seen = 0usize;
+            match batch::for_each(fd, 1024, |tid, stats| {
+                seen += 1;
+                f(tid, stats);
+            }) {
+                Ok(()) => return,
+                // Without batch lookups, fall back to one entry at a time (from the start,
+                // so only when nothing was handed out yet).
+                Err(_) if seen == 0 => {}
+                Err(_) => return,
+            }
+        }
         let Ok(threads) = self.map::<HashMap<_, u32, ThreadStats>>(names::THREADS) else {
             return;
         };

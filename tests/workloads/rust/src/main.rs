@@ -9,6 +9,7 @@
 //!   creating any thread.
 
 mod churn;
+mod idle;
 mod mixed;
 mod tracked;
 mod truth;
@@ -31,7 +32,11 @@ const GATE_ENV: &str = "TRACER_GATE";
 /// it creates.
 type Scenario = fn(&mut Tracked);
 
-const SCENARIOS: &[(&str, Scenario)] = &[("mixed", mixed::run), ("churn", churn::run)];
+const SCENARIOS: &[(&str, Scenario)] = &[
+    ("mixed", mixed::run),
+    ("churn", churn::run),
+    ("idle", idle::run),
+];
 
 fn usage() -> String {
     let names: Vec<_> = SCENARIOS.iter().map(|(name, _)| *name).collect();
