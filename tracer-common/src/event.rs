@@ -21,11 +21,13 @@ pub enum EventKind {
     Wakeup = 4,
     /// [`FutexWait`]: a futex wait call (`futex` wait ops or `futex_waitv`) returned.
     FutexWait = 5,
+    /// [`Wakeup`]: `sched_waking`, in the waker's context, so `current_tid` is the waker.
+    Waking = 6,
 }
 
 impl EventKind {
     /// Number of kinds; the lost-events array has this many slots.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// Every kind, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
         Self::ThreadCreated,
@@ -34,6 +36,7 @@ impl EventKind {
         Self::Switch,
         Self::Wakeup,
         Self::FutexWait,
+        Self::Waking,
     ];
 
     /// The kind for a raw `kind` value read from a record.
@@ -54,6 +57,7 @@ impl EventKind {
             Self::Switch => "switch",
             Self::Wakeup => "wakeup",
             Self::FutexWait => "futex_wait",
+            Self::Waking => "waking",
         }
     }
 
@@ -140,7 +144,8 @@ pub struct Switch {
     pub _pad: u32,
 }
 
-/// A thread became runnable (`sched_wakeup`, or `sched_wakeup_new` for a new task).
+/// A thread became runnable (`sched_wakeup`, or `sched_wakeup_new` for a new task), or is
+/// being woken (`sched_waking`, header kind [`EventKind::Waking`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Wakeup {
@@ -148,7 +153,8 @@ pub struct Wakeup {
     /// The thread woken.
     pub tid: u32,
     pub tgid: u32,
-    /// The thread running when the wakeup was recorded (not always the waker).
+    /// The thread running when the wakeup was recorded: for `sched_waking` the waker; for
+    /// `sched_wakeup` not always (a wakeup may complete on the wakee's CPU).
     pub current_tid: u32,
     pub target_cpu: u32,
     pub prio: i32,

@@ -11,7 +11,7 @@ pub struct Fields {
     pub switch_prev_state: u32,
     pub switch_next_pid: u32,
     pub switch_next_prio: u32,
-    /// `sched/sched_wakeup` and `sched/sched_wakeup_new` (same layout).
+    /// `sched/sched_wakeup`, `sched/sched_wakeup_new` and `sched/sched_waking` (same layout).
     pub wakeup_pid: u32,
     pub wakeup_prio: u32,
     pub wakeup_target_cpu: u32,

@@ -1,4 +1,4 @@
-//! Scheduler tracepoints: `sched_switch`, `sched_wakeup`, `sched_wakeup_new`.
+//! Scheduler tracepoints: `sched_switch`, `sched_wakeup`, `sched_wakeup_new`, `sched_waking`.
 //!
 //! A thread moves between three states: on a CPU, queued (runnable, waiting for a CPU) and
 //! blocked. Time in each is charged when the thread leaves it; the kernel counts a switch as
@@ -15,7 +15,7 @@ use tracer_common::{
     thread::{BORN_TRACED, Counts, Snapshot, state},
 };
 
-use crate::maps::{current, emit, fields, header, now_ns, observe, thread};
+use crate::maps::{current, emit, fields, header, now_ns, observe, settings, thread};
 
 #[tracepoint]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
@@ -32,6 +32,13 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
     let _ = try_sched_wakeup(&ctx, true);
+    0
+}
+
+/// Streams who woke a traced thread; the state moves on `sched_wakeup`.
+#[tracepoint]
+pub fn sched_waking(ctx: TracePointContext) -> u32 {
+    let _ = try_sched_waking(&ctx);
     0
 }
 
@@ -53,13 +60,17 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     let voluntary = prev_state & f.switch_preempt_bit == 0 && prev_state & f.switch_state_mask != 0;
 
     let (_, prev_tgid) = current();
-    let mut traced = false;
+    let prev = if prev_tid == 0 {
+        None
+    } else {
+        thread(prev_tid, prev_tgid, now)
+    };
+    // An exited thread's last switches are streamed (they end its time on a CPU), not counted.
+    let mut traced = prev.is_some();
     let mut voluntary = voluntary;
-    if prev_tid != 0
-        && let Some(t) = thread(prev_tid, prev_tgid, now)
+    if let Some(t) = prev
         && t.state != state::EXITED
     {
-        traced = true;
         t.tgid = prev_tgid;
         let kernel = task_counts(&f);
         // With a known starting point, the kernel's own count says which kind this switch was
@@ -184,6 +195,40 @@ fn try_sched_wakeup(ctx: &TracePointContext, new_task: bool) -> Result<(), i32> 
         target_cpu,
         prio,
         new_task: new_task as u32,
+    });
+    Ok(())
+}
+
+fn try_sched_waking(ctx: &TracePointContext) -> Result<(), i32> {
+    if !settings().streams(EventKind::Waking) {
+        return Ok(());
+    }
+    let f = fields();
+    // SAFETY: offsets come from the tracepoint's own format file (the layout of sched_wakeup).
+    let (tid, prio, target_cpu) = unsafe {
+        (
+            ctx.read_at::<i32>(f.wakeup_pid as usize)? as u32,
+            ctx.read_at::<i32>(f.wakeup_prio as usize)?,
+            ctx.read_at::<i32>(f.wakeup_target_cpu as usize)? as u32,
+        )
+    };
+    if tid == 0 {
+        return Ok(());
+    }
+    let now = now_ns();
+    let Some(t) = thread(tid, 0, now) else {
+        return Ok(());
+    };
+    let tgid = t.tgid;
+    let (waker_tid, _) = current();
+    emit(EventKind::Waking, || Wakeup {
+        header: header(EventKind::Waking, now),
+        tid,
+        tgid,
+        current_tid: waker_tid,
+        target_cpu,
+        prio,
+        new_task: 0,
     });
     Ok(())
 }

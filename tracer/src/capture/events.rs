@@ -8,7 +8,8 @@ use tracer_common::event::{
 
 use super::comm_to_string;
 
-/// One decoded record.
+/// One decoded record. `Wakeup` holds `sched_wakeup`, `sched_wakeup_new` and `sched_waking`
+/// records; [`Event::kind`] tells them apart.
 #[derive(Clone, Copy, Debug)]
 pub enum Event {
     ThreadCreated(ThreadCreated),
@@ -37,7 +38,7 @@ impl Event {
             EventKind::ThreadExited => Self::ThreadExited(read(bytes)?),
             EventKind::ThreadRenamed => Self::ThreadRenamed(read(bytes)?),
             EventKind::Switch => Self::Switch(read(bytes)?),
-            EventKind::Wakeup => Self::Wakeup(read(bytes)?),
+            EventKind::Wakeup | EventKind::Waking => Self::Wakeup(read(bytes)?),
             EventKind::FutexWait => Self::FutexWait(read(bytes)?),
         })
     }
@@ -59,6 +60,7 @@ impl Event {
             Self::ThreadExited(_) => EventKind::ThreadExited,
             Self::ThreadRenamed(_) => EventKind::ThreadRenamed,
             Self::Switch(_) => EventKind::Switch,
+            Self::Wakeup(e) if e.header.kind == EventKind::Waking as u32 => EventKind::Waking,
             Self::Wakeup(_) => EventKind::Wakeup,
             Self::FutexWait(_) => EventKind::FutexWait,
         }
@@ -85,6 +87,10 @@ impl Event {
                 "prev_tid": e.prev_tid, "prev_pid": e.prev_tgid, "prev_state": e.prev_state,
                 "prev_prio": e.prev_prio, "voluntary": e.voluntary != 0,
                 "next_tid": e.next_tid, "next_pid": e.next_tgid, "next_prio": e.next_prio,
+            }),
+            Self::Wakeup(e) if e.header.kind == EventKind::Waking as u32 => json!({
+                "tid": e.tid, "pid": e.tgid, "waker_tid": e.current_tid,
+                "target_cpu": e.target_cpu, "prio": e.prio,
             }),
             Self::Wakeup(e) => json!({
                 "tid": e.tid, "pid": e.tgid, "current_tid": e.current_tid,
@@ -167,6 +173,33 @@ mod tests {
         assert_eq!(json["duration_ns"], 4_000);
         assert_eq!(json["op"], "WAIT");
         assert_eq!(json["uaddr"], "0x7f0000001000");
+    }
+
+    #[test]
+    fn a_waking_names_its_waker() {
+        let raw = Wakeup {
+            header: header(EventKind::Waking),
+            tid: 12,
+            tgid: 10,
+            current_tid: 11,
+            target_cpu: 1,
+            prio: 120,
+            new_task: 0,
+        };
+        let event = Event::decode(&bytes_of(&raw)).unwrap();
+        assert!(matches!(event, Event::Wakeup(_)));
+        assert_eq!(event.kind(), EventKind::Waking);
+        let json = event.json();
+        assert_eq!(json["kind"], "waking");
+        assert_eq!(json["waker_tid"], 11);
+        let wakeup = Wakeup {
+            header: header(EventKind::Wakeup),
+            ..raw
+        };
+        assert_eq!(
+            Event::decode(&bytes_of(&wakeup)).unwrap().kind(),
+            EventKind::Wakeup
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub fn from_tracefs(root: &Path) -> Result<Fields> {
     let switch = Format::read(root, "sched", "sched_switch")?;
     let wakeup = Format::read(root, "sched", "sched_wakeup")?;
     let wakeup_new = Format::read(root, "sched", "sched_wakeup_new")?;
+    let waking = Format::read(root, "sched", "sched_waking")?;
     let newtask = Format::read(root, "task", "task_newtask")?;
     let rename = Format::read(root, "task", "task_rename")?;
     let exit = Format::read(root, "sched", "sched_process_exit")?;
@@ -28,6 +29,7 @@ pub fn from_tracefs(root: &Path) -> Result<Fields> {
         switch: &switch,
         wakeup: &wakeup,
         wakeup_new: &wakeup_new,
+        waking: &waking,
         newtask: &newtask,
         rename: &rename,
         exit: &exit,
@@ -65,6 +67,7 @@ pub struct Formats<'a> {
     pub switch: &'a Format,
     pub wakeup: &'a Format,
     pub wakeup_new: &'a Format,
+    pub waking: &'a Format,
     pub newtask: &'a Format,
     pub rename: &'a Format,
     pub exit: &'a Format,
@@ -91,12 +94,18 @@ pub fn from_formats(f: &Formats<'_>) -> Result<Fields> {
             op.size
         )));
     }
-    // The wakeup programs are shared, so both tracepoints must agree.
+    // The wakeup offsets are shared, so the three tracepoints must agree.
     for name in ["pid", "prio", "target_cpu"] {
-        if f.wakeup.offset(name, 4)? != f.wakeup_new.offset(name, 4)? {
-            return Err(Error::UnsupportedKernel(format!(
-                "sched_wakeup and sched_wakeup_new differ in the layout of `{name}`"
-            )));
+        let offset = f.wakeup.offset(name, 4)?;
+        for (other, format) in [
+            ("sched_wakeup_new", f.wakeup_new),
+            ("sched_waking", f.waking),
+        ] {
+            if format.offset(name, 4)? != offset {
+                return Err(Error::UnsupportedKernel(format!(
+                    "sched_wakeup and {other} differ in the layout of `{name}`"
+                )));
+            }
         }
     }
     let (waitv_waiters, waitv_nr_futexes) = match f.waitv {
