@@ -1,11 +1,11 @@
 """Two non-daemon threads that do short work and end, and two daemon threads
 that never end.
 
-The daemon threads nap in a loop until the main thread has joined the others,
+The daemon threads nap in a loop until the other two have done their work,
 then block forever on an event that is never set. Once both are blocked the
-main thread reads their counters from /proc/self/task/TID (they cannot change
-afterwards), writes the truth and returns; the interpreter exits and the
-daemon threads die with the process.
+main thread ends the workers one at a time (``truth.finish``), reads the
+daemons' counters from /proc/self/task/TID (they cannot change afterwards),
+writes the truth and ends the process; the daemon threads die with it.
 """
 
 import threading
@@ -51,6 +51,8 @@ def main():
         t.start()
     truth.wait_done(workers)
 
+    # The daemons stop napping before the workers end, so that nothing
+    # contends with a worker's exit.
     stop_napping.set()
     for event in parked:
         event.wait()

@@ -3,7 +3,9 @@
 Every thread reads its own scheduler counters from ``/proc/thread-self`` as
 the last thing it does; the main thread gathers the records, reads its own
 counters after everything else and writes the truth file named by
-``TRACER_TRUTH`` (nothing is written when it is unset).
+``TRACER_TRUTH`` (nothing is written when it is unset). Non-daemon threads
+end one at a time (``ExitTurn``), so that nothing contends with what a
+thread still does after its read.
 
 With ``TRACER_GATE=1`` the main thread prints ``ready <pid>`` and waits for a
 line on stdin before it creates any thread (see ``gate``).
@@ -13,6 +15,7 @@ Works on Python 3.8 and later.
 
 import json
 import os
+import select
 import sys
 import threading
 import time
@@ -115,17 +118,18 @@ def current_thread_record(role, parent_tid, renames, lock_contender=False):
 class ExitTurn:
     """Makes threads end one at a time.
 
-    When many threads end together they contend for the GIL in CPython's
-    thread teardown (clearing and deleting the thread state, releasing the
-    lock ``join()`` waits on), which runs after the thread has read its own
-    counters, so the counters would miss those switches. Instead, a thread
-    that has done its work calls ``wait()``: it says it is done and blocks
-    until the main thread gives it its turn, then reads its counters and
-    ends. The main thread's ``end_in_turn()`` waits until every thread is
-    done and parked, then lets them go one at a time and waits for each to
-    be gone from the kernel before the next, so from its counter read to its
-    exit a thread contends with nobody. The waiting is counted: it happens
-    before the read.
+    After a thread's last Python code (its counter read) CPython's thread
+    teardown still needs the GIL (clearing and deleting the thread state,
+    releasing the lock ``join()`` waits on). Threads that end together
+    contend for it there, and the main thread waking up in ``join()`` wants
+    it too, so the kernel counts switches the thread's own read missed.
+    Instead, a thread that has done its work calls ``wait()``: it says it is
+    done and blocks until the main thread gives it its turn, then reads its
+    counters and ends. The main thread's ``end_in_turn()`` waits until every
+    thread is done and parked, then lets them go one at a time; it is not
+    woken before the thread it let go has exited. So from its counter read to
+    its exit a thread contends with nobody. The waiting is counted: it
+    happens before the read.
     """
 
     def __init__(self):
@@ -138,6 +142,12 @@ class ExitTurn:
         self.thread = threading.current_thread()
         self._done.set()
         self._go.wait()
+
+    def abandon(self):
+        """Called by a thread that fails before ``wait()``: it ends at once
+        (without a record), so the main thread does not wait for it forever."""
+        self.thread = threading.current_thread()
+        self._done.set()
 
     def wait_done(self):
         """Main thread: waits until the thread called ``wait()``."""
@@ -152,34 +162,67 @@ class ExitTurn:
 # in ``ExitTurn.wait()`` (the step between saying so and blocking takes the
 # GIL for a few microseconds) before it lets the first of them go.
 PARK_SETTLE = 0.02
-# How long the main thread waits for an ended thread to leave the kernel.
-GONE_TIMEOUT = 1.0
+# How long the main thread waits for a thread it let go to end.
+EXIT_TIMEOUT = 10.0
+# How often it looks when it cannot wait on a thread pidfd.
+EXIT_POLL = 0.001
+
+# pidfd_open(2) for Python 3.8, which has no os.pidfd_open: its number on
+# the architectures below (those with the common syscall table).
+_PIDFD_OPEN = 434
+_PIDFD_OPEN_MACHINES = ("x86_64", "aarch64", "i686", "armv7l", "riscv64",
+                        "ppc64le", "s390x")
+_PIDFD_THREAD = os.O_EXCL  # as the kernel defines it
 
 
-def _wait_gone(tid):
-    """Waits until the kernel task ``tid`` of this process has exited.
+def _open_thread_pidfd(tid):
+    """A pidfd of thread ``tid`` that polls readable when the thread exits
+    (``PIDFD_THREAD``, Linux 6.9 and later), or None."""
+    try:
+        if hasattr(os, "pidfd_open"):
+            return os.pidfd_open(tid, _PIDFD_THREAD)
+        if os.uname().machine not in _PIDFD_OPEN_MACHINES:
+            return None
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.syscall(_PIDFD_OPEN, tid, _PIDFD_THREAD)
+        return fd if fd >= 0 else None
+    except (OSError, AttributeError):
+        return None
 
-    A thread's ``join()`` returns while the thread is still on its way out
-    (``pthread_exit``); its ``/proc/self/task`` entry goes once the kernel
-    has released it, which is after the exit a tracer sees.
+
+def _wait_exited(tid, pidfd):
+    """Waits until the thread ``tid`` of this process has exited.
+
+    The waiting must not wake the main thread while the thread is still on
+    its way out: waking up, the main thread would want the GIL the thread
+    still holds and, when the other CPUs are busy, preempt the thread on its
+    CPU. ``join()`` does exactly that (the lock it waits on is released in
+    the thread's teardown, before the thread lets go of the GIL), so the main
+    thread waits on a thread pidfd, which the kernel signals after the exit a
+    tracer sees, and only joins afterwards. Without one it looks every
+    ``EXIT_POLL`` whether ``/proc/self/task/TID`` is gone.
     """
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    if pidfd is not None:
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            poller.poll(EXIT_TIMEOUT * 1000)
+        finally:
+            os.close(pidfd)
+    # The task is released right after the pidfd is signalled.
     path = task_dir(tid)
-    deadline = time.monotonic() + GONE_TIMEOUT
-    spins = 0
-    while os.path.exists(path):
-        if time.monotonic() > deadline:
-            return
-        spins += 1
-        if spins > int(os.environ.get("XSPIN", "200")):
-            time.sleep(0.0005)
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(EXIT_POLL)
 
 
 def end_in_turn(turns):
     """Main thread: lets the threads of ``turns`` (``ExitTurn``) end one at a time.
 
     Waits until all of them are done, gives them ``PARK_SETTLE`` to block,
-    then for each in order: gives it its turn, joins its thread and waits
-    until the task is gone.
+    then for each in order: gives it its turn, waits until it has exited
+    (``_wait_exited``) and joins it.
     """
     turns = list(turns)
     for turn in turns:
@@ -188,9 +231,10 @@ def end_in_turn(turns):
         time.sleep(PARK_SETTLE)
     for turn in turns:
         thread = turn.thread
+        pidfd = _open_thread_pidfd(thread.native_id)
         turn.let_go()
+        _wait_exited(thread.native_id, pidfd)
         thread.join()
-        _wait_gone(thread.native_id)
 
 
 class TrackedThread(threading.Thread):
@@ -227,7 +271,11 @@ class TrackedThread(threading.Thread):
     def run(self):
         self._comm_at_start = read_comm()
         self._running.set()
-        self._body(self, *self._body_args)
+        try:
+            self._body(self, *self._body_args)
+        except BaseException:
+            self.exit_turn.abandon()
+            raise
         if not self.daemon:
             self.exit_turn.wait()
             self.record = current_thread_record(
@@ -278,11 +326,7 @@ def gate():
     return read_counters()
 
 
-def write(workload, threads, **fields):
-    """Writes the truth file atomically (``PATH.tmp`` renamed to ``PATH``)."""
-    path = os.environ.get(TRUTH_ENV)
-    if not path:
-        return
+def _truth_text(workload, threads, fields):
     truth = {
         "schema": SCHEMA,
         "workload": workload,
@@ -290,11 +334,26 @@ def write(workload, threads, **fields):
         "threads": threads,
     }
     truth.update(fields)
+    return json.dumps(truth, indent=2) + "\n"
+
+
+def _write_text(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as out:
-        json.dump(truth, out, indent=2)
-        out.write("\n")
+        out.write(text)
     os.replace(tmp, path)
+
+
+def write(workload, threads, **fields):
+    """Writes the truth file atomically (``PATH.tmp`` renamed to ``PATH``)."""
+    path = os.environ.get(TRUTH_ENV)
+    if path:
+        _write_text(path, _truth_text(workload, threads, fields))
+
+
+# Stands for the main thread's record in the truth text formatted before the
+# main thread reads its counters.
+_MAIN_SLOT = "tracer-truth: the main thread's record"
 
 
 def finish(workload, baseline, threads=(), daemons=(), records=(), **fields):
@@ -311,9 +370,17 @@ def finish(workload, baseline, threads=(), daemons=(), records=(), **fields):
     others = [t.take_record() for t in threads]
     others.extend(records)
     others.extend(d.record_from_proc() for d in daemons)
+    path = os.environ.get(TRUTH_ENV)
+    # Format everything but the main thread's own record before reading its
+    # counters: with many threads that takes milliseconds of cpu, which the
+    # read would miss. Afterwards only the small main record is formatted
+    # (with the indentation of a list item) and put in its place.
+    text = _truth_text(workload, [_MAIN_SLOT] + others, fields) if path else None
     main = current_thread_record("main", None, [])
     main["baseline"] = baseline
-    write(workload, [main] + others, **fields)
+    if path:
+        record = json.dumps(main, indent=2).replace("\n", "\n    ")
+        _write_text(path, text.replace(json.dumps(_MAIN_SLOT), record, 1))
     # End the process here: interpreter shutdown would run on the main thread after its
     # counters were read. Daemon threads end with the process, as they would anyway.
     sys.stdout.flush()
