@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tracer_common::event::{EventKind, FUTEX_WAITV_OP, FutexWait, is_futex_wait};
 
-use crate::maps::{FUTEX_CALLS, FutexCall, current, emit, fields, header, now_ns, observe, thread};
+use crate::maps::{FUTEX_CALLS, FutexCall, current, emit, field, header, now_ns, observe, record, thread};
 
 /// Offset of `uaddr` in the user's `struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 __reserved; }`,
 /// a fixed user ABI.
@@ -35,27 +35,22 @@ pub fn sys_exit_futex_waitv(ctx: TracePointContext) -> u32 {
 }
 
 fn try_enter_futex(ctx: &TracePointContext) -> Result<(), i32> {
-    let f = fields();
     // SAFETY: offsets come from the tracepoint's own format file.
-    let (uaddr, op) = unsafe {
-        (
-            ctx.read_at::<u64>(f.futex_uaddr as usize)?,
-            ctx.read_at::<u32>(f.futex_op as usize)?,
-        )
-    };
+    let op = unsafe { record::<u32>(ctx, field!(futex_op)) };
     if !is_futex_wait(op) {
         return Ok(());
     }
+    // SAFETY: as above.
+    let uaddr = unsafe { record::<u64>(ctx, field!(futex_uaddr)) };
     enter(uaddr, op, 1)
 }
 
 fn try_enter_futex_waitv(ctx: &TracePointContext) -> Result<(), i32> {
-    let f = fields();
     // SAFETY: offsets come from the tracepoint's own format file.
     let (waiters, nr_futexes) = unsafe {
         (
-            ctx.read_at::<u64>(f.waitv_waiters as usize)?,
-            ctx.read_at::<u32>(f.waitv_nr_futexes as usize)?,
+            record::<u64>(ctx, field!(waitv_waiters)),
+            record::<u32>(ctx, field!(waitv_nr_futexes)),
         )
     };
     // SAFETY: a checked read of user memory; a fault leaves the address unknown (0).
@@ -88,9 +83,8 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     let _ = FUTEX_CALLS.remove(tid);
-    let f = fields();
     // SAFETY: offset from the tracepoint's own format file.
-    let ret = unsafe { ctx.read_at::<i64>(f.sys_exit_ret as usize)? };
+    let ret = unsafe { record::<i64>(ctx, field!(sys_exit_ret)) };
     let now = now_ns();
     let waited = now.saturating_sub(call.start_ns);
     if let Some(t) = thread(tid, tgid, now) {

@@ -14,7 +14,7 @@ use tracer_common::{
 
 /// Tracepoint field offsets, set by user space at load time.
 #[unsafe(no_mangle)]
-static FIELDS: Fields = Fields::UNSET;
+pub static FIELDS: Fields = Fields::UNSET;
 
 /// What to trace, set by user space at load time.
 #[unsafe(no_mangle)]
@@ -35,6 +35,29 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventKind::COU
 /// Zeroed template for new `THREADS` entries: too large for the eBPF stack.
 #[map]
 static NEW_THREAD: PerCpuArray<ThreadStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// One field of [`FIELDS`], read on its own rather than copying the whole struct.
+macro_rules! field {
+    ($name:ident) => {
+        // SAFETY: a plain read of a global that user space sets before loading; the
+        // volatile read keeps the compiler from folding in the placeholder.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::FIELDS.$name) }
+    };
+}
+pub(crate) use field;
+
+/// Reads a `T` at `offset` in a tracepoint record (0 if the read fails). The verifier only
+/// allows direct context loads at offsets fixed in the instruction, and these come from
+/// globals set at load time, so the read goes through `bpf_probe_read_kernel`.
+///
+/// # Safety
+/// `offset` must be the offset of a field of type `T` in this tracepoint's record, and an
+/// all-zero `T` must be valid.
+#[inline(always)]
+pub unsafe fn record<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, offset: u32) -> T {
+    // SAFETY: the caller guarantees the field is there and that zero is a valid `T`.
+    unsafe { ctx.read_at::<T>(offset as usize).unwrap_or(core::mem::zeroed()) }
+}
 
 #[inline(always)]
 pub fn fields() -> Fields {

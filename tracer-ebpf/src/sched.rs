@@ -11,11 +11,10 @@ use aya_ebpf::{
 };
 use tracer_common::{
     event::{EventKind, Switch, Wakeup},
-    fields::Fields,
     thread::{BORN_TRACED, Counts, Snapshot, state},
 };
 
-use crate::maps::{current, emit, fields, header, now_ns, observe, settings, thread};
+use crate::maps::{current, emit, field, header, now_ns, observe, record, settings, thread};
 
 #[tracepoint]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
@@ -43,36 +42,40 @@ pub fn sched_waking(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
-    let f = fields();
+    // The previous thread is the current one: its ids need no read. Nothing else is read
+    // until one of the two threads turns out to be traced.
+    let (prev_tid, prev_tgid) = current();
     // SAFETY: offsets come from the tracepoint's own format file.
-    let (prev_tid, next_tid, prev_state, prev_prio, next_prio) = unsafe {
-        (
-            ctx.read_at::<i32>(f.switch_prev_pid as usize)? as u32,
-            ctx.read_at::<i32>(f.switch_next_pid as usize)? as u32,
-            ctx.read_at::<u64>(f.switch_prev_state as usize)?,
-            ctx.read_at::<i32>(f.switch_prev_prio as usize)?,
-            ctx.read_at::<i32>(f.switch_next_prio as usize)?,
-        )
-    };
+    let next_tid = unsafe { record::<i32>(ctx, field!(switch_next_pid)) } as u32;
     let now = now_ns();
-    // `__schedule` counts `nvcsw` when the task was not preempted and its state was not
-    // TASK_RUNNING; the tracepoint reports preemption as the `TASK_REPORT_MAX` bit.
-    let voluntary = prev_state & f.switch_preempt_bit == 0 && prev_state & f.switch_state_mask != 0;
-
-    let (_, prev_tgid) = current();
     let prev = if prev_tid == 0 {
         None
     } else {
         thread(prev_tid, prev_tgid, now)
     };
+    let next = if next_tid == 0 {
+        None
+    } else {
+        thread(next_tid, 0, now)
+    };
+    // `black_box` keeps the optimiser from testing both pointers at once (`prev | next`),
+    // which the verifier rejects.
+    if !core::hint::black_box(prev.is_some()) && next.is_none() {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let prev_state = unsafe { record::<u64>(ctx, field!(switch_prev_state)) };
+    // `__schedule` counts `nvcsw` when the task was not preempted and its state was not
+    // TASK_RUNNING; the tracepoint reports preemption as the `TASK_REPORT_MAX` bit.
+    let mut voluntary = prev_state & field!(switch_preempt_bit) == 0
+        && prev_state & field!(switch_state_mask) != 0;
+
     // An exited thread's last switches are streamed (they end its time on a CPU), not counted.
-    let mut traced = prev.is_some();
-    let mut voluntary = voluntary;
     if let Some(t) = prev
         && t.state != state::EXITED
     {
         t.tgid = prev_tgid;
-        let kernel = task_counts(&f);
+        let kernel = task_counts();
         // With a known starting point, the kernel's own count says which kind this switch was
         // (it tells a sleep cut short by a signal, which the tracepoint shows as running).
         if let Some(kernel) = kernel
@@ -104,75 +107,77 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     }
 
     let mut next_tgid = 0;
-    if next_tid != 0
-        && let Some(t) = thread(next_tid, 0, now)
-        && t.state != state::EXITED
-    {
-        traced = true;
+    if let Some(t) = next {
         next_tgid = t.tgid;
-        if t.state == state::QUEUED || t.state == state::UNKNOWN {
-            let waited = now.saturating_sub(t.since_ns);
-            t.runqueue_wait_ns += waited;
-            t.runqueue_waits += 1;
-            observe(&mut t.runqueue_hist, waited);
+        if t.state != state::EXITED {
+            if t.state == state::QUEUED || t.state == state::UNKNOWN {
+                let waited = now.saturating_sub(t.since_ns);
+                t.runqueue_wait_ns += waited;
+                t.runqueue_waits += 1;
+                observe(&mut t.runqueue_hist, waited);
+            }
+            t.state = state::ON_CPU;
+            t.since_ns = now;
         }
-        t.state = state::ON_CPU;
-        t.since_ns = now;
     }
 
-    if traced {
-        emit(EventKind::Switch, || Switch {
-            header: header(EventKind::Switch, now),
-            prev_tid,
-            prev_tgid: if prev_tid == 0 { 0 } else { prev_tgid },
-            next_tid,
-            next_tgid,
-            prev_state,
-            prev_prio,
-            next_prio,
-            voluntary: voluntary as u32,
-            _pad: 0,
-        });
-    }
+    emit(EventKind::Switch, || Switch {
+        header: header(EventKind::Switch, now),
+        prev_tid,
+        prev_tgid: if prev_tid == 0 { 0 } else { prev_tgid },
+        next_tid,
+        next_tgid,
+        prev_state,
+        // SAFETY: as above.
+        prev_prio: unsafe { record::<i32>(ctx, field!(switch_prev_prio)) },
+        // SAFETY: as above.
+        next_prio: unsafe { record::<i32>(ctx, field!(switch_next_prio)) },
+        voluntary: voluntary as u32,
+        _pad: 0,
+    });
     Ok(())
 }
 
 /// The kernel's counters of the current task, when their offsets are known.
 #[inline(always)]
-fn task_counts(f: &Fields) -> Option<Counts> {
-    if f.task_counters == 0 {
+fn task_counts() -> Option<Counts> {
+    if field!(task_counters) == 0 {
         return None;
     }
     // SAFETY: the current task is valid while its program runs.
     let task = unsafe { bpf_get_current_task() } as usize;
-    let read = |offset: u32| {
-        // SAFETY: a checked read of kernel memory at an offset from this kernel's BTF.
-        unsafe { bpf_probe_read_kernel((task + offset as usize) as *const u64) }.ok()
-    };
-    Some(Counts {
-        voluntary_switches: read(f.task_nvcsw)?,
-        involuntary_switches: read(f.task_nivcsw)?,
-        on_cpu_ns: read(f.task_sum_exec_runtime)?,
-        runqueue_wait_ns: read(f.task_run_delay)?,
-    })
+    // SAFETY: checked reads of kernel memory at offsets from this kernel's BTF; user space
+    // sets `task_counters` only when `nivcsw` directly follows `nvcsw`.
+    unsafe {
+        let [voluntary_switches, involuntary_switches] =
+            bpf_probe_read_kernel((task + field!(task_nvcsw) as usize) as *const [u64; 2]).ok()?;
+        Some(Counts {
+            voluntary_switches,
+            involuntary_switches,
+            on_cpu_ns: bpf_probe_read_kernel((task + field!(task_sum_exec_runtime) as usize) as *const u64)
+                .ok()?,
+            runqueue_wait_ns: bpf_probe_read_kernel((task + field!(task_run_delay) as usize) as *const u64)
+                .ok()?,
+        })
+    }
 }
 
 fn try_sched_wakeup(ctx: &TracePointContext, new_task: bool) -> Result<(), i32> {
-    let f = fields();
     // SAFETY: offsets come from the tracepoint's own format file.
-    let (tid, prio, target_cpu) = unsafe {
-        (
-            ctx.read_at::<i32>(f.wakeup_pid as usize)? as u32,
-            ctx.read_at::<i32>(f.wakeup_prio as usize)?,
-            ctx.read_at::<i32>(f.wakeup_target_cpu as usize)? as u32,
-        )
-    };
+    let tid = unsafe { record::<i32>(ctx, field!(wakeup_pid)) } as u32;
     if tid == 0 {
         return Ok(());
     }
     let now = now_ns();
     let Some(t) = thread(tid, 0, now) else {
         return Ok(());
+    };
+    // SAFETY: as above.
+    let (prio, target_cpu) = unsafe {
+        (
+            record::<i32>(ctx, field!(wakeup_prio)),
+            record::<i32>(ctx, field!(wakeup_target_cpu)) as u32,
+        )
     };
     match t.state {
         // A wakeup that raced with the thread going to sleep: it never left the CPU.
@@ -203,21 +208,21 @@ fn try_sched_waking(ctx: &TracePointContext) -> Result<(), i32> {
     if !settings().streams(EventKind::Waking) {
         return Ok(());
     }
-    let f = fields();
     // SAFETY: offsets come from the tracepoint's own format file (the layout of sched_wakeup).
-    let (tid, prio, target_cpu) = unsafe {
-        (
-            ctx.read_at::<i32>(f.wakeup_pid as usize)? as u32,
-            ctx.read_at::<i32>(f.wakeup_prio as usize)?,
-            ctx.read_at::<i32>(f.wakeup_target_cpu as usize)? as u32,
-        )
-    };
+    let tid = unsafe { record::<i32>(ctx, field!(wakeup_pid)) } as u32;
     if tid == 0 {
         return Ok(());
     }
     let now = now_ns();
     let Some(t) = thread(tid, 0, now) else {
         return Ok(());
+    };
+    // SAFETY: as above.
+    let (prio, target_cpu) = unsafe {
+        (
+            record::<i32>(ctx, field!(wakeup_prio)),
+            record::<i32>(ctx, field!(wakeup_target_cpu)) as u32,
+        )
     };
     let tgid = t.tgid;
     let (waker_tid, _) = current();

@@ -214,16 +214,20 @@ fn ring_buffer() -> Check {
 }
 
 fn programs() -> Check {
-    let outcome = match Probes::load(Options {
-        filtered: true,
-        stream: &EventKind::ALL,
-        max_threads: 64,
-    }) {
-        Ok(_) => Outcome::Ok("every program passes the kernel's verifier".into()),
-        Err(e) => Outcome::Fail(
-            e.to_string(),
-            "report this with `uname -r` and the message above".into(),
-        ),
+    // The verifier sees different code for a capture (filtered) and the daemon (every thread).
+    let modes = [("record", true), ("daemon", false)];
+    let failure = modes.iter().find_map(|&(mode, filtered)| {
+        Probes::load(Options {
+            filtered,
+            stream: &EventKind::ALL,
+            max_threads: 64,
+        })
+        .err()
+        .map(|e| format!("{mode}: {e}"))
+    });
+    let outcome = match failure {
+        None => Outcome::Ok("every program passes the kernel's verifier (record and daemon)".into()),
+        Some(e) => Outcome::Fail(e, "report this with `uname -r` and the message above".into()),
     };
     Check {
         name: "programs",

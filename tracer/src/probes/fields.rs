@@ -56,6 +56,10 @@ pub fn add_task_counters(fields: &mut Fields) -> std::result::Result<(), String>
     };
     fields.task_nvcsw = eight_bytes("nvcsw")?;
     fields.task_nivcsw = eight_bytes("nivcsw")?;
+    // The programs read both switch counters in one go.
+    if fields.task_nivcsw != fields.task_nvcsw + 8 {
+        return Err("task_struct.nivcsw does not directly follow nvcsw".into());
+    }
     fields.task_sum_exec_runtime = eight_bytes("se.sum_exec_runtime")?;
     fields.task_run_delay = eight_bytes("sched_info.run_delay")?;
     fields.task_counters = 1;

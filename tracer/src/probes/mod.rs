@@ -101,7 +101,8 @@ impl Probes {
     }
 
     /// Starts tracing process `tgid`: its threads `tids` now, and every thread it creates.
-    pub fn track_process(&mut self, tgid: u32, tids: &[u32]) -> Result<()> {
+    /// `flags` ([`tracer_common::thread::BORN_TRACED`]) apply to the threads in `tids`.
+    pub fn track_process(&mut self, tgid: u32, tids: &[u32], flags: u32) -> Result<()> {
         let mut processes: HashMap<_, u32, u8> = self.map_mut(names::PROCESSES)?;
         processes
             .insert(tgid, 1, 0)
@@ -111,8 +112,10 @@ impl Probes {
         for &tid in tids {
             // A thread already seen (by a new-task event) keeps its state.
             if threads.get(&tid, 0).is_err() {
+                let mut stats = ThreadStats::new(tgid, state::UNKNOWN, now);
+                stats.flags = flags;
                 threads
-                    .insert(tid, ThreadStats::new(tgid, state::UNKNOWN, now), 0)
+                    .insert(tid, stats, 0)
                     .map_err(|e| {
                         Error::Load(format!("tracking thread {tid}: {}", error_chain(&e)))
                     })?;

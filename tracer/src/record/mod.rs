@@ -14,12 +14,13 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
-use tracer_common::event::EventKind;
+use tracer_common::{event::EventKind, thread::BORN_TRACED};
 
 use crate::{
     capture::{
         events::Event,
         jsonl::EventWriter,
+        perfetto::TraceWriter,
         summary::{Counters, SCHEMA, Summary, ThreadSummary},
         table,
         threads::ThreadTable,
@@ -27,6 +28,7 @@ use crate::{
     error::{Error, Result},
     kernel::{monotonic_ns, privileges, procfs},
     probes::{self, DRAIN_GRACE, Options, Probes},
+    python::watch::{Names, Tracker},
 };
 
 /// What to record and where to put it.
@@ -52,6 +54,7 @@ pub enum Target {
 pub enum OutputKind {
     Summary,
     Events,
+    Perfetto,
 }
 
 impl OutputKind {
@@ -60,6 +63,7 @@ impl OutputKind {
         match path.extension().and_then(|e| e.to_str()) {
             Some("json") => Ok(Self::Summary),
             Some("jsonl") => Ok(Self::Events),
+            Some("pftrace") => Ok(Self::Perfetto),
             _ => Err(Error::OutputFormat(path.to_owned())),
         }
     }
@@ -70,6 +74,7 @@ impl OutputKind {
 struct Outputs {
     summary: Option<PathBuf>,
     events: Option<PathBuf>,
+    perfetto: Option<PathBuf>,
 }
 
 impl Outputs {
@@ -79,6 +84,7 @@ impl Outputs {
             let slot = match OutputKind::of(path)? {
                 OutputKind::Summary => &mut outputs.summary,
                 OutputKind::Events => &mut outputs.events,
+                OutputKind::Perfetto => &mut outputs.perfetto,
             };
             if slot.replace(path.clone()).is_some() {
                 return Err(Error::DuplicateOutput(path.clone()));
@@ -146,6 +152,11 @@ async fn capture(
         .as_deref()
         .map(EventWriter::create)
         .transpose()?;
+    let mut trace_out = outputs
+        .perfetto
+        .as_deref()
+        .map(TraceWriter::create)
+        .transpose()?;
     if let Some(path) = &outputs.summary {
         check_writable(path)?;
     }
@@ -157,12 +168,15 @@ async fn capture(
     })?;
     let mut table = ThreadTable::default();
     let tids = procfs::threads(pid)?;
-    probes.track_process(pid, &tids)?;
+    // A command's process is tracer's own child, held since its fork: it is counted whole,
+    // from zero, like a thread created during the capture.
+    let flags = if held.is_some() { BORN_TRACED } else { 0 };
+    probes.track_process(pid, &tids, flags)?;
     probes.attach()?;
     let started_ns = monotonic_ns();
     // Threads created between the listing and the attach were not seen by task_newtask.
     let tids = procfs::threads(pid).unwrap_or(tids);
-    probes.track_process(pid, &tids)?;
+    probes.track_process(pid, &tids, flags)?;
     for &tid in &tids {
         let comm = procfs::thread_comm(pid, tid).unwrap_or_default();
         table.add_existing(pid, tid, comm);
@@ -175,6 +189,13 @@ async fn capture(
             .join(" "),
         Target::Pid(_) => procfs::command_line(pid).unwrap_or_default(),
     };
+    if let Some(out) = trace_out.as_mut() {
+        let argv = match &request.target {
+            Target::Command(argv) => Some(argv.as_slice()),
+            Target::Pid(_) => None,
+        };
+        out.begin(pid, argv, started_ns, &table)?;
+    }
     let exited = pidfd(pid)?;
     // SAFETY: the ring buffer owns its descriptor and keeps it open until it is dropped,
     // which only happens with the `AsyncFd`.
@@ -183,6 +204,8 @@ async fn capture(
     if let Some(held) = held {
         held.release()?;
     }
+    // Python thread names are read from the process's memory on a thread of their own.
+    let mut python = Tracker::start(pid);
     eprintln!(
         "tracer: recording pid {pid} ({} threads at start); Ctrl-C to stop",
         table.len()
@@ -193,13 +216,15 @@ async fn capture(
         &exited,
         request.duration,
         &mut table,
+        &mut python,
         &mut events_out,
+        &mut trace_out,
     )
     .await?;
     let end_ns = monotonic_ns();
     // Events in flight (a thread's final switch comes after its exit event) still count.
     tokio::time::sleep(DRAIN_GRACE).await;
-    drain(ring.get_mut(), &mut table, &mut events_out)?;
+    drain(ring.get_mut(), &mut table, &mut python, &mut events_out, &mut trace_out)?;
 
     if stop == Stop::TargetExited
         && matches!(request.target, Target::Command(_))
@@ -212,9 +237,13 @@ async fn capture(
         );
     }
     let lost = probes.lost();
-    let summary = summarize(&probes, &table, pid, command, started_ns, end_ns, &lost);
+    let names = python.finish();
+    let summary = summarize(&probes, &table, &names, pid, command, started_ns, end_ns, &lost);
     if let Some(writer) = events_out {
         writer.finish()?;
+    }
+    if let Some(writer) = trace_out {
+        writer.finish(&summary, &table)?;
     }
     if let Some(path) = &outputs.summary {
         summary.write(path)?;
@@ -223,6 +252,9 @@ async fn capture(
         eprintln!("tracer: stopped by {name}");
     }
     report_lost(&lost);
+    if let Some(warning) = names.warning() {
+        eprintln!("{warning}");
+    }
     print!("{}", table::render(&summary));
     Ok(summary)
 }
@@ -233,7 +265,9 @@ async fn watch(
     exited: &AsyncFd<OwnedFd>,
     duration: Option<Duration>,
     table: &mut ThreadTable,
+    python: &mut Tracker,
     events_out: &mut Option<EventWriter>,
+    trace_out: &mut Option<TraceWriter>,
 ) -> Result<Stop> {
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| Error::io("handling SIGINT", e))?;
@@ -247,10 +281,10 @@ async fn watch(
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut guard = ready.map_err(|e| Error::io("reading events", e))?;
-                drain(guard.get_inner_mut(), table, events_out)?;
+                drain(guard.get_inner_mut(), table, python, events_out, trace_out)?;
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(ring.get_mut(), table, events_out)?,
+            _ = tick.tick() => drain(ring.get_mut(), table, python, events_out, trace_out)?,
             _ = exited.readable() => return Ok(Stop::TargetExited),
             () = &mut deadline, if duration.is_some() => return Ok(Stop::Duration),
             _ = interrupt.recv() => return Ok(Stop::Signal("SIGINT")),
@@ -263,23 +297,31 @@ async fn watch(
 fn drain(
     ring: &mut RingBuf<MapData>,
     table: &mut ThreadTable,
+    python: &mut Tracker,
     events_out: &mut Option<EventWriter>,
+    trace_out: &mut Option<TraceWriter>,
 ) -> Result<()> {
     while let Some(item) = ring.next() {
         let Some(event) = Event::decode(&item) else {
             continue;
         };
         table.apply(&event);
+        python.observe(&event);
         if let Some(out) = events_out.as_mut() {
             out.write(&event)?;
+        }
+        if let Some(out) = trace_out.as_mut() {
+            out.write(&event, table)?;
         }
     }
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn summarize(
     probes: &Probes,
     table: &ThreadTable,
+    names: &Names,
     pid: u32,
     command: String,
     started_ns: u64,
@@ -305,7 +347,9 @@ fn summarize(
                     Counters::settle(&stats, end_ns, alive, runnable)
                 })
                 .unwrap_or_default();
-            ThreadSummary::new(&info, counters)
+            let mut thread = ThreadSummary::new(&info, counters);
+            names.label(&mut thread);
+            thread
         })
         .collect();
     Summary {
@@ -363,6 +407,10 @@ mod tests {
         assert_eq!(
             OutputKind::of(Path::new("dir/a.jsonl")).unwrap(),
             OutputKind::Events
+        );
+        assert_eq!(
+            OutputKind::of(Path::new("capture.pftrace")).unwrap(),
+            OutputKind::Perfetto
         );
         let err = OutputKind::of(Path::new("a.txt")).unwrap_err().to_string();
         assert!(err.contains(".json, .jsonl or .pftrace"), "{err}");
