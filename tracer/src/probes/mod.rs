@@ -57,6 +57,8 @@ pub struct Options {
 pub struct Probes {
     ebpf: Ebpf,
     fields: Fields,
+    /// Whether `sched_waking` events are wanted: its program only streams them.
+    wakers: bool,
 }
 
 impl Probes {
@@ -97,7 +99,12 @@ impl Probes {
             tp.load()
                 .map_err(|e| Error::Load(format!("{program}: {}", error_chain(&e))))?;
         }
-        Ok(Self { ebpf, fields })
+        let wakers = options.stream.contains(&EventKind::Waking);
+        Ok(Self {
+            ebpf,
+            fields,
+            wakers,
+        })
     }
 
     /// Starts tracing process `tgid`: its threads `tids` now, and every thread it creates.
@@ -114,11 +121,9 @@ impl Probes {
             if threads.get(&tid, 0).is_err() {
                 let mut stats = ThreadStats::new(tgid, state::UNKNOWN, now);
                 stats.flags = flags;
-                threads
-                    .insert(tid, stats, 0)
-                    .map_err(|e| {
-                        Error::Load(format!("tracking thread {tid}: {}", error_chain(&e)))
-                    })?;
+                threads.insert(tid, stats, 0).map_err(|e| {
+                    Error::Load(format!("tracking thread {tid}: {}", error_chain(&e)))
+                })?;
             }
         }
         Ok(())
@@ -128,6 +133,9 @@ impl Probes {
     pub fn attach(&mut self) -> Result<()> {
         for (program, category, name) in PROGRAMS {
             if self.fields.waitv_waiters == 0 && name.ends_with("waitv") {
+                continue;
+            }
+            if program == "sched_waking" && !self.wakers {
                 continue;
             }
             let tp: &mut TracePoint = self
