@@ -7,6 +7,7 @@ mod daemon;
 mod error;
 mod kernel;
 mod probes;
+mod python;
 mod record;
 
 use std::process::ExitCode;

@@ -224,7 +224,13 @@ async fn capture(
     let end_ns = monotonic_ns();
     // Events in flight (a thread's final switch comes after its exit event) still count.
     tokio::time::sleep(DRAIN_GRACE).await;
-    drain(ring.get_mut(), &mut table, &mut python, &mut events_out, &mut trace_out)?;
+    drain(
+        ring.get_mut(),
+        &mut table,
+        &mut python,
+        &mut events_out,
+        &mut trace_out,
+    )?;
 
     if stop == Stop::TargetExited
         && matches!(request.target, Target::Command(_))
@@ -238,7 +244,9 @@ async fn capture(
     }
     let lost = probes.lost();
     let names = python.finish();
-    let summary = summarize(&probes, &table, &names, pid, command, started_ns, end_ns, &lost);
+    let summary = summarize(
+        &probes, &table, &names, pid, command, started_ns, end_ns, &lost,
+    );
     if let Some(writer) = events_out {
         writer.finish()?;
     }

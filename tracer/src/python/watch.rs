@@ -1,0 +1,290 @@
+//! Reading a traced process's Python thread names during a capture, off the event loop.
+//!
+//! A [`Watcher`] owns a thread that reads the interpreter when asked (a thread was created
+//! or renamed: a new `threading.Thread` shows up in `threading._active` once it runs, so
+//! the reading waits a little and tries again for threads not found yet), every second
+//! while the process is a Python one, and once more at the end. Names are kept after
+//! their threads exit. The event loop only sends messages; it never waits for a reading.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    ops::Range,
+    path::PathBuf,
+    sync::mpsc::{self, RecvTimeoutError},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tracer_common::event::FutexWait;
+
+use super::{Error, Interpreter, gil::FutexTimes, layout::Version};
+use crate::capture::{events::Event, summary::ThreadSummary};
+
+/// How long after a thread is created or renamed the interpreter is read.
+const SETTLE: Duration = Duration::from_millis(5);
+/// When threads created but not found yet are looked for again, after the first reading.
+const RETRIES: [Duration; 6] = [
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+];
+/// How often a Python process is read without being asked (names change without events).
+const PERIOD: Duration = Duration::from_secs(1);
+
+enum Message {
+    Created(u32),
+    Renamed,
+    Finish,
+}
+
+/// What the readings of one process found, merged.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// The interpreter's version, once it was found.
+    pub version: Option<Version>,
+    /// The latest `threading` name seen of each kernel thread.
+    pub names: HashMap<u32, String>,
+    /// Threads seen with a Python thread state or `Thread` object.
+    pub python_tids: BTreeSet<u32>,
+    /// The main interpreter's GIL state.
+    pub gil: Option<Range<u64>>,
+    /// Readings (or threads within one) that failed while the process was alive.
+    pub failures: u64,
+    /// The last of those failures.
+    pub last_error: Option<String>,
+}
+
+/// Reads a process's Python thread names on a thread of its own.
+pub struct Watcher {
+    sender: mpsc::Sender<Message>,
+    worker: Option<JoinHandle<Outcome>>,
+}
+
+impl Watcher {
+    /// Starts watching process `pid`; the first reading happens at once.
+    pub fn start(pid: u32) -> Self {
+        let (sender, receiver) = mpsc::channel();
+        let worker = std::thread::Builder::new()
+            .name("python-names".into())
+            .spawn(move || Worker::new(pid).run(&receiver))
+            .ok();
+        Self { sender, worker }
+    }
+
+    /// A thread `tid` of the process was created.
+    pub fn thread_created(&self, tid: u32) {
+        let _ = self.sender.send(Message::Created(tid));
+    }
+
+    /// A thread of the process was renamed by the kernel (Python 3.14 names threads so).
+    pub fn thread_renamed(&self) {
+        let _ = self.sender.send(Message::Renamed);
+    }
+
+    /// Reads the process one last time (if it is still there) and returns what was found.
+    pub fn finish(mut self) -> Outcome {
+        let _ = self.sender.send(Message::Finish);
+        self.worker
+            .take()
+            .and_then(|w| w.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+struct Worker {
+    pid: u32,
+    interpreter: Option<Interpreter>,
+    /// Mapped files already found to hold no interpreter.
+    not_python: HashSet<(PathBuf, u64)>,
+    outcome: Outcome,
+    /// Threads created and not named yet, with the readings tried since.
+    pending: HashMap<u32, usize>,
+}
+
+impl Worker {
+    fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            interpreter: None,
+            not_python: HashSet::new(),
+            outcome: Outcome::default(),
+            pending: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, receiver: &mpsc::Receiver<Message>) -> Outcome {
+        self.read();
+        let mut due: Option<Instant> = None;
+        let mut periodic = Instant::now() + PERIOD;
+        loop {
+            let wake = due.map_or(periodic, |d| d.min(periodic));
+            match receiver.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(Message::Created(tid)) => {
+                    // A reused thread id is a new thread: the old name is not its name.
+                    self.outcome.names.remove(&tid);
+                    self.outcome.python_tids.remove(&tid);
+                    self.pending.insert(tid, 0);
+                    due = Some(soonest(due, Instant::now() + SETTLE));
+                }
+                Ok(Message::Renamed) => due = Some(soonest(due, Instant::now() + SETTLE)),
+                Ok(Message::Finish) | Err(RecvTimeoutError::Disconnected) => {
+                    self.read();
+                    return self.outcome;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    let asked = due.is_some_and(|d| d <= now);
+                    if asked || (now >= periodic && self.interpreter.is_some()) {
+                        self.read();
+                    }
+                    if now >= periodic {
+                        periodic = now + PERIOD;
+                    }
+                    if asked {
+                        due = self.next_retry(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// When to look again for threads created but not named yet.
+    fn next_retry(&mut self, now: Instant) -> Option<Instant> {
+        let names = &self.outcome.names;
+        self.pending.retain(|tid, tries| {
+            *tries += 1;
+            !names.contains_key(tid) && *tries <= RETRIES.len()
+        });
+        let fewest = self.pending.values().min()?;
+        Some(now + RETRIES[fewest - 1])
+    }
+
+    /// Reads the interpreter, finding it first if needed, and merges what it shows.
+    fn read(&mut self) {
+        if self.interpreter.is_none() {
+            match Interpreter::attach_excluding(self.pid, &mut self.not_python) {
+                Ok(Some(interpreter)) => {
+                    self.outcome.version = Some(interpreter.version());
+                    self.interpreter = Some(interpreter);
+                }
+                Ok(None) => return,
+                Err(e) => return self.failed(&e),
+            }
+        }
+        let interpreter = self.interpreter.as_mut().expect("attached above");
+        match interpreter.snapshot() {
+            Ok(snapshot) => {
+                self.outcome.names.extend(snapshot.names);
+                self.outcome.python_tids.extend(snapshot.python_tids);
+                if snapshot.gil.is_some() {
+                    self.outcome.gil = snapshot.gil;
+                }
+                if snapshot.failures > 0 && crate::kernel::procfs::process_exists(self.pid) {
+                    self.outcome.failures += snapshot.failures;
+                    self.outcome.last_error = Some(format!(
+                        "{} threads of the interpreter could not be read",
+                        snapshot.failures
+                    ));
+                }
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    /// Counts a failed reading, unless the process is gone (its end is no failure).
+    fn failed(&mut self, error: &Error) {
+        if crate::kernel::procfs::process_exists(self.pid) {
+            self.outcome.failures += 1;
+            self.outcome.last_error = Some(error.to_string());
+        }
+    }
+}
+
+fn soonest(current: Option<Instant>, candidate: Instant) -> Instant {
+    current.map_or(candidate, |c| c.min(candidate))
+}
+
+/// The Python side of one capture: the watcher of its process, and futex wait time by
+/// address for the GIL.
+pub struct Tracker {
+    pid: u32,
+    watcher: Watcher,
+    futexes: FutexTimes,
+}
+
+impl Tracker {
+    pub fn start(pid: u32) -> Self {
+        Self {
+            pid,
+            watcher: Watcher::start(pid),
+            futexes: FutexTimes::default(),
+        }
+    }
+
+    /// Takes note of an event of the capture.
+    pub fn observe(&mut self, event: &Event) {
+        match event {
+            Event::ThreadCreated(e) if e.tgid == self.pid => self.watcher.thread_created(e.tid),
+            Event::ThreadRenamed(e) if e.tgid == self.pid || e.tgid == 0 => {
+                self.watcher.thread_renamed()
+            }
+            Event::FutexWait(e) if e.tgid == self.pid => self.observe_futex(e),
+            _ => {}
+        }
+    }
+
+    fn observe_futex(&mut self, e: &FutexWait) {
+        self.futexes.observe(e);
+    }
+
+    /// Ends the watching (one last reading) and returns the names and GIL waits found.
+    pub fn finish(self) -> Names {
+        let outcome = self.watcher.finish();
+        let gil_waits = outcome
+            .gil
+            .as_ref()
+            .map(|gil| self.futexes.within(gil))
+            .unwrap_or_default();
+        Names { outcome, gil_waits }
+    }
+}
+
+/// The Python names and GIL waits of a finished capture.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    pub outcome: Outcome,
+    /// GIL wait time by thread (threads that never waited are absent).
+    pub gil_waits: HashMap<u32, u64>,
+}
+
+impl Names {
+    /// Gives a thread of the summary its Python name and GIL wait, when it has them.
+    pub fn label(&self, thread: &mut ThreadSummary) {
+        let tid = thread.tid;
+        if let Some(name) = self.outcome.names.get(&tid) {
+            thread.name = name.clone();
+            thread.name_source = "python";
+        }
+        let waited = self.gil_waits.get(&tid).copied();
+        let is_python = self.outcome.python_tids.contains(&tid) || waited.is_some();
+        if self.outcome.gil.is_some() && is_python {
+            thread.gil_wait_ns = Some(waited.unwrap_or(0));
+        }
+    }
+
+    /// A line for the user when readings failed: which names fell back to the kernel's.
+    pub fn warning(&self) -> Option<String> {
+        let o = &self.outcome;
+        (o.failures > 0).then(|| {
+            format!(
+                "tracer: warning: reading Python thread names of the process failed {} times \
+                 (last: {}); threads not read are named by their kernel name",
+                o.failures,
+                o.last_error.as_deref().unwrap_or("unknown")
+            )
+        })
+    }
+}
