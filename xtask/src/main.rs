@@ -3,6 +3,7 @@
 //! Every command first installs what is missing (Debian's eBPF-capable Rust toolchain and
 //! `bpf-linker`) and does nothing more when it is present.
 
+mod pydeps;
 mod setup;
 
 use std::{
@@ -51,7 +52,7 @@ fn run(task: Task) -> Result<()> {
     let root = workspace_root()?;
     env::set_current_dir(&root)?;
     match task {
-        Task::Setup => setup::ensure(),
+        Task::Setup => setup::ensure().and_then(|()| pydeps::ensure(&root)),
         Task::Build => {
             setup::ensure()?;
             build(&root)
@@ -76,6 +77,7 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test => {
             setup::ensure()?;
+            pydeps::ensure(&root)?;
             test(&root)
         }
     }
@@ -147,7 +149,8 @@ fn test(root: &Path) -> Result<()> {
             ])
             .args(["--", "--test-threads=1"])
             .env("TRACER_WORKLOAD", &workload)
-            .env("TRACER_PYTHON", "/usr/bin/python3"),
+            .env("TRACER_PYTHON", "/usr/bin/python3")
+            .env("TRACER_PYDEPS", pydeps::dir(root)),
     )
 }
 

@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod jsonl;
+pub mod perfetto;
 pub mod summary;
 pub mod table;
 pub mod threads;

@@ -84,7 +84,6 @@ impl ThreadTable {
         }
     }
 
-    #[cfg(test)]
     pub fn get(&self, tid: u32) -> Option<&ThreadInfo> {
         self.threads.get(&tid)
     }

@@ -1,0 +1,240 @@
+//! `tracer record --output X.pftrace` end to end: the trace is decoded with Perfetto's own
+//! published protos (the `perfetto` package from PyPI, which `cargo xtask setup` installs in
+//! `target/pydeps`) by `tests/perfetto/check_trace.py`, and held against the workload's
+//! ground truth and the summary of the same run.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use support::*;
+
+/// The directory holding Perfetto's Python protos, when installed. Outside CI a missing
+/// install skips the test with the reason; under `CI=true` it fails.
+fn pydeps(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("TRACER_PYDEPS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pydeps"),
+        PathBuf::from,
+    );
+    if dir
+        .join("perfetto/protos/perfetto/trace/perfetto_trace_pb2.py")
+        .is_file()
+    {
+        return Some(dir);
+    }
+    let reason = format!(
+        "Perfetto's Python protos are not installed in {} (`cargo xtask setup` installs them)",
+        dir.display()
+    );
+    assert!(std::env::var_os("CI").is_none(), "{test}: {reason}");
+    eprintln!("skipped {test}: {reason}");
+    None
+}
+
+/// Runs the checker on `trace` with `args`, failing with its report when it finds problems.
+fn check(pydeps: &Path, trace: &Path, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/perfetto/check_trace.py");
+    let output = Command::new(python())
+        .arg(script)
+        .arg(trace)
+        .args(args)
+        .env("PYTHONPATH", pydeps)
+        .output()
+        .expect("running check_trace.py");
+    let report = String::from_utf8_lossy(&output.stdout);
+    println!("{report}");
+    assert!(
+        output.status.success(),
+        "the trace does not hold up ({}):\n{report}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `tracer record -o OUT... -- CMD ARGS` with `TRACER_TRUTH=TRUTH` for the workload.
+fn record_to(outputs: &[&Path], truth: &Path, command: &[&Path], args: &[&str]) {
+    let mut tracer = Command::new(tracer());
+    tracer.arg("record");
+    for out in outputs {
+        tracer.arg("--output").arg(out);
+    }
+    let output = tracer
+        .arg("--")
+        .args(command)
+        .args(args)
+        .env("TRACER_TRUTH", truth)
+        .output()
+        .expect("running tracer");
+    expect_success("tracer record", &output);
+}
+
+/// `record -- CMD` of a workload to a trace and a summary, checked against its truth.
+fn trace_and_check(test: &str, command: &[&Path], args: &[&str]) {
+    if !can_trace(test) {
+        return;
+    }
+    let Some(pydeps) = pydeps(test) else { return };
+    let dir = scratch();
+    let [trace, summary, truth] =
+        ["capture.pftrace", "capture.json", "truth.json"].map(|f| dir.path().join(f));
+    record_to(&[&trace, &summary], &truth, command, args);
+    check(
+        &pydeps,
+        &trace,
+        &[
+            "--truth",
+            truth.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+            "--form",
+            "command",
+        ],
+    );
+}
+
+#[test]
+fn rust_mixed_workload_trace() {
+    trace_and_check("rust_mixed_workload_trace", &[&rust_workload()], &["mixed"]);
+}
+
+#[test]
+fn python_lock_counter_trace() {
+    let script = python_workload("lock_counter.py");
+    trace_and_check("python_lock_counter_trace", &[&python(), &script], &[]);
+}
+
+#[test]
+fn python_thread_pool_trace() {
+    let script = python_workload("pool.py");
+    trace_and_check("python_thread_pool_trace", &[&python(), &script], &[]);
+}
+
+#[test]
+fn rust_mixed_workload_trace_by_pid() {
+    let test = "rust_mixed_workload_trace_by_pid";
+    if !can_trace(test) {
+        return;
+    }
+    let Some(pydeps) = pydeps(test) else { return };
+    let dir = scratch();
+    let [trace, summary, truth] =
+        ["capture.pftrace", "capture.json", "truth.json"].map(|f| dir.path().join(f));
+    let mut workload = Gated::start(&[&rust_workload()], &["mixed"], &truth);
+    let pid = workload.pid.to_string();
+    let mut tracer = start_recording(&[
+        "--pid",
+        &pid,
+        "-o",
+        trace.to_str().unwrap(),
+        "-o",
+        summary.to_str().unwrap(),
+    ]);
+    workload.release();
+    let status = wait_with_limit(&mut tracer, Duration::from_secs(60));
+    assert!(status.success(), "tracer record --pid: {status}");
+    assert!(workload.child.wait().unwrap().success());
+    check(
+        &pydeps,
+        &trace,
+        &[
+            "--truth",
+            truth.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+            "--form",
+            "pid",
+        ],
+    );
+}
+
+#[test]
+fn ctrl_c_leaves_a_decodable_trace() {
+    let test = "ctrl_c_leaves_a_decodable_trace";
+    if !can_trace(test) {
+        return;
+    }
+    let Some(pydeps) = pydeps(test) else { return };
+    let dir = scratch();
+    let [trace, truth] = ["capture.pftrace", "truth.json"].map(|f| dir.path().join(f));
+    let mut workload = Gated::start(&[&rust_workload()], &["mixed"], &truth);
+    let pid = workload.pid.to_string();
+    let mut tracer = start_recording(&["--pid", &pid, "-o", trace.to_str().unwrap()]);
+    workload.release();
+    // Mid-way through the workload's 0.6 s.
+    std::thread::sleep(Duration::from_millis(250));
+    // SAFETY: signalling a child we started.
+    assert_eq!(unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) }, 0);
+    let status = wait_with_limit(&mut tracer, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let _ = workload.child.wait();
+    check(&pydeps, &trace, &["--interrupted", &pid]);
+}
+
+/// Peak resident memory of `tracer record ARGS -- CMD`, in bytes.
+fn peak_memory_of_recording(args: &[&str], command: &[&str]) -> u64 {
+    let child = Command::new(tracer())
+        .arg("record")
+        .args(args)
+        .arg("--")
+        .args(command)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running tracer");
+    let mut status = 0;
+    // SAFETY: plain data, filled by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; valid pointers.
+    let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(waited, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "tracer record failed: {status:#x}"
+    );
+    usage.ru_maxrss as u64 * 1024
+}
+
+#[test]
+fn a_busy_capture_streams_its_trace() {
+    let test = "a_busy_capture_streams_its_trace";
+    if !can_trace(test) {
+        return;
+    }
+    let dir = scratch();
+    let [trace, summary] = ["busy.pftrace", "busy.json"].map(|f| dir.path().join(f));
+    // Four threads handing a lock (and the GIL) back and forth for 3 s.
+    let busy = "import threading, time\n\
+                lock = threading.Lock()\n\
+                end = time.monotonic() + 3\n\
+                def work():\n\
+                \x20   while time.monotonic() < end:\n\
+                \x20       with lock:\n\
+                \x20           sum(range(50))\n\
+                \x20       time.sleep(0)\n\
+                threads = [threading.Thread(target=work) for _ in range(4)]\n\
+                for t in threads: t.start()\n\
+                for t in threads: t.join()\n";
+    let python = python();
+    let command = [python.to_str().unwrap(), "-c", busy];
+    let with_trace = peak_memory_of_recording(&["-o", trace.to_str().unwrap()], &command);
+    let without = peak_memory_of_recording(&["-o", summary.to_str().unwrap()], &command);
+    let size = std::fs::metadata(&trace).unwrap().len();
+    println!(
+        "trace {:.1} MiB; peak memory {:.1} MiB with it, {:.1} MiB without",
+        size as f64 / 1048576.0,
+        with_trace as f64 / 1048576.0,
+        without as f64 / 1048576.0
+    );
+    assert!(
+        size > 8 << 20,
+        "the workload made only {size} bytes of trace"
+    );
+    assert!(
+        with_trace < without + size / 4,
+        "writing a {size}-byte trace took {with_trace} bytes of memory, {without} without it"
+    );
+}
