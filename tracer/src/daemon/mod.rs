@@ -247,10 +247,10 @@ impl Shared {
                 let Some((tgid, comm)) = procfs::thread_identity(tid) else {
                     return;
                 };
-                if !state.process_names.contains_key(&tgid) {
-                    let leader = procfs::thread_comm(tgid, tgid).unwrap_or_default();
-                    state.process_names.insert(tgid, leader);
-                }
+                state
+                    .process_names
+                    .entry(tgid)
+                    .or_insert_with(|| procfs::thread_comm(tgid, tgid).unwrap_or_default());
                 state.add_thread(tid, tgid, comm);
             }
             let (tgid, comm) = {

@@ -393,7 +393,6 @@ mod tests {
             process: "p".into(),
             thread: "t".into(),
         };
-        let now = Instant::now();
         state.finish_scrape(&mut FastMap::from_iter([(key.clone(), values(10))]));
         let mut lower = FastMap::from_iter([(key.clone(), values(9))]);
         state.finish_scrape(&mut lower);

@@ -102,6 +102,8 @@ struct Worker {
     outcome: Outcome,
     /// Threads created and not named yet, with the readings tried since.
     pending: HashMap<u32, usize>,
+    /// The interpreter is one tracer cannot read (its version): no more tries.
+    unsupported: bool,
 }
 
 impl Worker {
@@ -112,6 +114,7 @@ impl Worker {
             not_python: HashSet::new(),
             outcome: Outcome::default(),
             pending: HashMap::new(),
+            unsupported: false,
         }
     }
 
@@ -164,6 +167,9 @@ impl Worker {
 
     /// Reads the interpreter, finding it first if needed, and merges what it shows.
     fn read(&mut self) {
+        if self.unsupported {
+            return;
+        }
         if self.interpreter.is_none() {
             match Interpreter::attach_excluding(self.pid, &mut self.not_python) {
                 Ok(Some(interpreter)) => {
@@ -171,7 +177,10 @@ impl Worker {
                     self.interpreter = Some(interpreter);
                 }
                 Ok(None) => return,
-                Err(e) => return self.failed(&e),
+                Err(e) => {
+                    self.unsupported = matches!(e, Error::Unsupported(_));
+                    return self.failed(&e);
+                }
             }
         }
         let interpreter = self.interpreter.as_mut().expect("attached above");
@@ -280,11 +289,100 @@ impl Names {
         let o = &self.outcome;
         (o.failures > 0).then(|| {
             format!(
-                "tracer: warning: reading Python thread names of the process failed {} times \
-                 (last: {}); threads not read are named by their kernel name",
+                "tracer: warning: could not read the process's Python threads ({} failures, \
+                 last: {}); threads not read are named by their kernel name",
                 o.failures,
                 o.last_error.as_deref().unwrap_or("unknown")
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{summary::Counters, threads::ThreadTable};
+
+    fn summary_of(tid: u32, comm: &str) -> ThreadSummary {
+        let mut table = ThreadTable::default();
+        table.add_existing(1, tid, comm.into());
+        let info = table.iter().next().expect("one thread");
+        ThreadSummary::new(info, Counters::default())
+    }
+
+    #[test]
+    fn threads_get_python_names_and_gil_waits_when_known() {
+        let mut names = Names::default();
+        names.outcome.names.insert(1, "MainThread".into());
+        names.outcome.names.insert(2, "名前-スレッド".into());
+        names.outcome.python_tids.extend([1, 2, 3]);
+        names.outcome.gil = Some(0x1000..0x10d0);
+        names.gil_waits.insert(2, 5_000);
+        names.gil_waits.insert(4, 7);
+
+        let mut main = summary_of(1, "python3");
+        names.label(&mut main);
+        assert_eq!(
+            (main.name.as_str(), main.name_source),
+            ("MainThread", "python")
+        );
+        assert_eq!(main.gil_wait_ns, Some(0));
+        let mut named = summary_of(2, "python3");
+        names.label(&mut named);
+        assert_eq!(named.name, "名前-スレッド");
+        assert_eq!(named.gil_wait_ns, Some(5_000));
+        // A thread state without a Thread object: Python, but named by the kernel.
+        let mut dummy = summary_of(3, "python3");
+        names.label(&mut dummy);
+        assert_eq!(
+            (dummy.name.as_str(), dummy.name_source),
+            ("python3", "comm")
+        );
+        assert_eq!(dummy.gil_wait_ns, Some(0));
+        // Waited on the GIL, so it runs Python even if no reading saw it.
+        let mut unseen = summary_of(4, "python3");
+        names.label(&mut unseen);
+        assert_eq!(unseen.gil_wait_ns, Some(7));
+        let mut native = summary_of(5, "worker");
+        names.label(&mut native);
+        assert_eq!(
+            (native.name.as_str(), native.name_source),
+            ("worker", "comm")
+        );
+        assert_eq!(native.gil_wait_ns, None);
+        assert!(names.warning().is_none());
+    }
+
+    #[test]
+    fn without_an_interpreter_nothing_changes_and_failures_are_reported() {
+        let mut names = Names::default();
+        names.gil_waits.insert(1, 10);
+        let mut t = summary_of(1, "python3");
+        names.label(&mut t);
+        assert_eq!((t.name_source, t.gil_wait_ns), ("comm", None));
+        names.outcome.failures = 2;
+        names.outcome.last_error = Some("reading /proc/1/maps: denied".into());
+        let warning = names.warning().unwrap();
+        assert!(
+            warning.contains("2 failures") && warning.contains("denied"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn a_process_that_is_not_python_is_watched_to_the_end() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let watcher = Watcher::start(child.id());
+        watcher.thread_created(child.id());
+        watcher.thread_renamed();
+        std::thread::sleep(Duration::from_millis(30));
+        let outcome = watcher.finish();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(outcome.version.is_none() && outcome.names.is_empty());
+        assert_eq!(outcome.failures, 0, "{:?}", outcome.last_error);
     }
 }

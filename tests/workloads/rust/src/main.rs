@@ -11,6 +11,7 @@
 mod churn;
 mod idle;
 mod mixed;
+mod tokio_runtime;
 mod tracked;
 mod truth;
 
@@ -36,6 +37,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("mixed", mixed::run),
     ("churn", churn::run),
     ("idle", idle::run),
+    ("tokio", tokio_runtime::run),
 ];
 
 fn usage() -> String {

@@ -28,7 +28,8 @@ impl Tracked {
         Self::new("main".to_owned(), "main", None)
     }
 
-    fn new(name: String, role: &'static str, parent_tid: Option<i32>) -> Self {
+    /// The calling thread, named `name` by the program.
+    pub fn new(name: String, role: &'static str, parent_tid: Option<i32>) -> Self {
         Self {
             tid: truth::gettid(),
             name,

@@ -1,0 +1,380 @@
+//! Python thread names and GIL waits, read from the traced process's memory, on every
+//! CPython 3.8 or later installed here (Debian's `/usr/bin/python3` and pyenv's versions):
+//! each workload's truth file says which `threading` name each kernel thread has.
+
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::*;
+
+/// Every CPython 3.8 or later here: `TRACER_PYTHON` (else Debian's), then pyenv's.
+fn pythons() -> Vec<(PathBuf, String)> {
+    let mut candidates = vec![python()];
+    let root = std::env::var_os("PYENV_ROOT").map_or_else(|| "/root/.pyenv".into(), PathBuf::from);
+    if let Ok(dir) = std::fs::read_dir(root.join("versions")) {
+        let mut found: Vec<PathBuf> = dir
+            .filter_map(|e| Some(e.ok()?.path().join("bin/python3")))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        candidates.extend(found);
+    }
+    let found: Vec<(PathBuf, String)> = candidates
+        .into_iter()
+        .filter_map(|p| {
+            let out = Command::new(&p)
+                .args([
+                    "-c",
+                    "import sys; v = sys.version_info; print('%d.%d.%d' % v[:3]); \
+                     sys.exit(v < (3, 8))",
+                ])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| (p, String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+        })
+        .collect();
+    assert!(
+        !found.is_empty() || std::env::var_os("CI").is_none(),
+        "no CPython 3.8 or later found"
+    );
+    eprintln!(
+        "Pythons: {}",
+        found
+            .iter()
+            .map(|(p, v)| format!("{} ({v})", p.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    found
+}
+
+fn thread<'a>(summary: &'a Value, tid: &Value) -> Option<&'a Value> {
+    summary["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tid"] == *tid)
+}
+
+fn renames(v: &Value) -> Vec<(String, String)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["from"].as_str().unwrap().into(),
+                r["to"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+/// Holds the capture of `names.py` against its truth: each thread is named by its Python
+/// name, or by its kernel name when it has none; its GIL wait is known; its kernel names
+/// are the truth's. `launched`: the capture started the workload (`record -- CMD`).
+fn check_names(summary: &Value, truth: &Value, launched: bool, who: &str) {
+    let mut problems = Vec::new();
+    let threads = truth["threads"].as_array().unwrap();
+    assert_eq!(threads.len(), 10, "{who}: {truth:#}");
+    for want in threads {
+        let Some(got) = thread(summary, &want["tid"]) else {
+            problems.push(format!("thread {} not captured", want["tid"]));
+            continue;
+        };
+        let (name, source) = match want["python_name"].as_str() {
+            Some(python_name) => (python_name, "python"),
+            None => (want["comm"].as_str().unwrap(), "comm"),
+        };
+        if got["name"] != name || got["name_source"] != source {
+            problems.push(format!(
+                "{} ({}): name {} from {}, want {name:?} from {source}",
+                want["tid"], want["role"], got["name"], got["name_source"]
+            ));
+        }
+        let mut want_renames = renames(&want["renames"]);
+        if want["role"] == "main" && launched {
+            // `exec` renamed it from tracer's name.
+            want_renames.insert(0, ("tracer".into(), want["comm"].as_str().unwrap().into()));
+        }
+        if got["comm"] != want["comm"] || renames(&got["renames"]) != want_renames {
+            problems.push(format!(
+                "{} ({}): comm {} renames {}, want {} {want_renames:?}",
+                want["tid"], want["role"], got["comm"], got["renames"], want["comm"]
+            ));
+        }
+        if !got["gil_wait_ns"].is_u64() {
+            problems.push(format!(
+                "{} ({}): gil_wait_ns {} for a Python thread",
+                want["tid"], want["role"], got["gil_wait_ns"]
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{who}:\n  {}\n\nsummary: {summary:#}\n\ntruth: {truth:#}",
+        problems.join("\n  ")
+    );
+}
+
+#[test]
+fn python_thread_names_on_every_version() {
+    if !can_trace("python_thread_names_on_every_version") {
+        return;
+    }
+    let script = python_workload("names.py");
+    for (python, version) in pythons() {
+        let dir = scratch();
+        let (out, truth) = (
+            dir.path().join("capture.json"),
+            dir.path().join("truth.json"),
+        );
+        record_command(&out, &truth, &[&python, &script], &[]);
+        let (summary, truth) = (read_json(&out), read_json(&truth));
+        check_names(&summary, &truth, true, &format!("Python {version}"));
+        // The names are kept whole in the file, whatever their script.
+        let text = std::fs::read_to_string(&out).unwrap();
+        for name in ["名前-スレッド-ünïcödé", "émoji-🧵-thread", "café-crème"] {
+            assert!(text.contains(name), "{version}: {name} not in the summary");
+        }
+    }
+}
+
+/// Starts `names.py` gated and holding at the end, attaches `tracer` (run by `tracer`,
+/// e.g. with fewer privileges), lets the workload run, stops tracer with SIGINT while
+/// every thread is still there, and returns the summary, the truth and tracer's stderr.
+fn record_held(python: &Path, tracer: &mut Command, dir: &Path) -> (Value, Value, String) {
+    let (out, truth) = (dir.join("capture.json"), dir.join("truth.json"));
+    let mut workload = Command::new(python)
+        .arg(python_workload("names.py"))
+        .env("TRACER_GATE", "1")
+        .env("TRACER_HOLD", "stdin")
+        .env("TRACER_TRUTH", &truth)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting names.py");
+    let mut lines = BufReader::new(workload.stdout.take().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    let pid = line
+        .strip_prefix("ready ")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("names.py said {line:?}"));
+    let mut recorder = tracer
+        .args(["record", "--pid", &pid.to_string(), "--output"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running tracer");
+    let mut stderr = BufReader::new(recorder.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("recording pid") {
+        let mut l = String::new();
+        assert!(stderr.read_line(&mut l).unwrap() > 0, "tracer: {said}");
+        said.push_str(&l);
+    }
+    let stdin = workload.stdin.as_mut().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    stdin.flush().unwrap();
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "holding");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
+    let status = wait_with_limit(&mut recorder, Duration::from_secs(30));
+    stderr.read_to_string(&mut said).unwrap();
+    assert!(status.success(), "tracer record --pid: {status}\n{said}");
+    stdin.write_all(b"end\n").unwrap();
+    stdin.flush().unwrap();
+    assert!(workload.wait().unwrap().success());
+    (read_json(&out), read_json(&truth), said)
+}
+
+#[test]
+fn python_names_read_when_a_capture_of_a_running_process_ends() {
+    if !can_trace("python_names_read_when_a_capture_of_a_running_process_ends") {
+        return;
+    }
+    for (python, version) in pythons() {
+        let dir = scratch();
+        let (summary, truth, _) = record_held(&python, &mut Command::new(tracer()), dir.path());
+        check_names(
+            &summary,
+            &truth,
+            false,
+            &format!("Python {version}, by pid"),
+        );
+    }
+}
+
+#[test]
+fn a_process_tracer_may_not_read_keeps_kernel_names() {
+    let test = "a_process_tracer_may_not_read_keeps_kernel_names";
+    if !can_trace(test) {
+        return;
+    }
+    // tracer as `nobody`, with the capabilities to trace (and to read tracefs) but not to
+    // read another user's memory; the workload runs as root.
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: setpriv is missing"
+        );
+        eprintln!("skipped {test}: setpriv (util-linux) is not installed");
+        return;
+    }
+    let dir = scratch();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let caps = "+bpf,+perfmon,+dac_read_search";
+    let mut unprivileged = Command::new("setpriv");
+    unprivileged
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(tracer());
+    let (summary, truth, stderr) = record_held(&python(), &mut unprivileged, dir.path());
+    assert!(
+        stderr.contains("could not read the process's Python threads"),
+        "{stderr}"
+    );
+    for want in truth["threads"].as_array().unwrap() {
+        let got = thread(&summary, &want["tid"]).expect("every thread captured");
+        assert_eq!(got["name"], want["comm"], "{got:#}");
+        assert_eq!(got["name_source"], "comm");
+        assert!(got["gil_wait_ns"].is_null(), "{got:#}");
+    }
+}
+
+#[test]
+fn a_python_process_that_exits_while_being_read() {
+    if !can_trace("a_python_process_that_exits_while_being_read") {
+        return;
+    }
+    let script = python_workload("names.py");
+    for (python, version) in pythons() {
+        let dir = scratch();
+        let out = dir.path().join("capture.json");
+        let output = Command::new(tracer())
+            .args(["record", "--output"])
+            .arg(&out)
+            .arg("--")
+            .arg(&python)
+            .arg(&script)
+            .arg("churn")
+            .output()
+            .expect("running tracer");
+        expect_success(
+            &format!("tracer record of names.py churn ({version})"),
+            &output,
+        );
+        let summary = read_json(&out);
+        let threads = summary["threads"].as_array().unwrap();
+        assert!(threads.len() > 10, "{version}: {summary:#}");
+        let mut python_named = 0;
+        for t in threads {
+            let name = t["name"].as_str().unwrap();
+            match t["name_source"].as_str().unwrap() {
+                "python" => {
+                    python_named += 1;
+                    assert!(
+                        name == "MainThread"
+                            || name.starts_with("churning-thread-with-a-long-name-"),
+                        "{version}: {t:#}"
+                    );
+                }
+                "comm" => assert_eq!(t["name"], t["comm"], "{version}: {t:#}"),
+                other => panic!("{version}: name_source {other}"),
+            }
+        }
+        assert!(python_named > 0, "{version}: no thread read: {summary:#}");
+    }
+}
+
+/// Threads of `io_vs_cpu.py`: two compute in pure Python, two sleep 5 ms and do a little
+/// file I/O 60 times; all four want the GIL. The figures of each version are printed.
+#[test]
+fn gil_waits_of_cpu_bound_and_io_bound_threads_on_every_version() {
+    if !can_trace("gil_waits_of_cpu_bound_and_io_bound_threads_on_every_version") {
+        return;
+    }
+    let script = python_workload("io_vs_cpu.py");
+    for (python, version) in pythons() {
+        let dir = scratch();
+        let (out, truth) = (
+            dir.path().join("capture.json"),
+            dir.path().join("truth.json"),
+        );
+        record_command(&out, &truth, &[&python, &script], &[]);
+        let (summary, truth) = (read_json(&out), read_json(&truth));
+        let mut problems = Vec::new();
+        let mut line = format!("Python {version}:");
+        let mut ratio = |role: &str| -> Vec<f64> {
+            truth["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["role"] == role)
+                .map(|want| {
+                    let got = thread(&summary, &want["tid"]).expect("captured");
+                    let gil = got["gil_wait_ns"]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("{version}: no GIL wait for {got:#}"));
+                    let (cpu, futex) = (
+                        got["on_cpu_ns"].as_u64().unwrap(),
+                        got["futex_wait_ns"].as_u64().unwrap(),
+                    );
+                    line += &format!(
+                        " {} GIL wait {:.0} ms, on CPU {:.0} ms;",
+                        got["name"].as_str().unwrap(),
+                        gil as f64 / 1e6,
+                        cpu as f64 / 1e6
+                    );
+                    if gil > futex {
+                        problems.push(format!("{}: GIL wait above futex wait", got["name"]));
+                    }
+                    if got["name_source"] != "python" || got["name"] != want["name"] {
+                        problems.push(format!("{}: named {}", want["name"], got["name"]));
+                    }
+                    gil as f64 / cpu.max(1) as f64
+                })
+                .collect()
+        };
+        let cpu = ratio("cpu");
+        let io = ratio("io");
+        eprintln!("{line}");
+        // The CPU-bound threads take turns with each other: each waits about as long as the
+        // other runs.
+        for r in &cpu {
+            if *r < 0.25 {
+                problems.push(format!("CPU-bound GIL wait only {r:.2} of its CPU time"));
+            }
+        }
+        // An I/O-bound thread wakes up 60 times and each time waits for a CPU-bound thread
+        // to let go of the GIL, for far longer than it then runs.
+        for r in &io {
+            let most_cpu = cpu.iter().copied().fold(0.0, f64::max);
+            if *r < 10.0 * most_cpu {
+                problems.push(format!(
+                    "I/O-bound GIL wait {r:.1} of its CPU time, not far above the CPU-bound \
+                     threads' {most_cpu:.2}"
+                ));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "{line}\n  {}\n\nsummary: {summary:#}",
+            problems.join("\n  ")
+        );
+    }
+}

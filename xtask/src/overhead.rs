@@ -1,0 +1,352 @@
+//! What tracing costs the traced: `perf bench` throughput under each tracer, as a ratio to
+//! the same benchmark untraced in the same round; record-mode event loss; the daemon's own
+//! CPU and memory.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::bench::{Daemon, Section, median, process_usage};
+
+/// Rounds of every configuration, interleaved.
+const ROUNDS: usize = 5;
+
+/// What runs alongside a benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tracer {
+    None,
+    Daemon,
+    /// `tracer record --pid` of an unrelated sleeping process: what the filter costs others.
+    RecordOther,
+    Bpftrace,
+    PerfSched,
+}
+
+impl Tracer {
+    const ALL: [Self; 5] = [
+        Self::None,
+        Self::Daemon,
+        Self::RecordOther,
+        Self::Bpftrace,
+        Self::PerfSched,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "untraced",
+            Self::Daemon => "`tracer daemon`",
+            Self::RecordOther => "`tracer record` of another process",
+            Self::Bpftrace => "bpftrace off-CPU script",
+            Self::PerfSched => "`perf sched record`",
+        }
+    }
+}
+
+/// A running tracer, stopped when dropped.
+enum Running {
+    Nothing,
+    /// Stopped by its own `Drop`.
+    Daemon { _daemon: Daemon },
+    Child(Child, Option<Child>),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Self::Child(child, target) = self {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+            if let Some(target) = target {
+                let _ = target.kill();
+                let _ = target.wait();
+            }
+        }
+    }
+}
+
+/// Starts `child` and waits until a line of its stderr contains `ready`.
+fn wait_ready(mut child: Child, ready: &str) -> Result<Child> {
+    let mut reader = BufReader::new(child.stderr.take().context("stderr")?);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || Instant::now() > deadline {
+            bail!("tracer for the benchmark did not start");
+        }
+        if line.contains(ready) {
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    Ok(child)
+}
+
+fn start(root: &Path, tracer: Tracer, scratch: &Path) -> Result<Running> {
+    let tracer_bin = root.join("target/release/tracer");
+    Ok(match tracer {
+        Tracer::None => Running::Nothing,
+        Tracer::Daemon => Running::Daemon {
+            _daemon: Daemon::start(root, None)?,
+        },
+        Tracer::RecordOther => {
+            let target = Command::new("sleep").arg("3600").spawn()?;
+            let child = Command::new(&tracer_bin)
+                .args(["record", "--pid", &target.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            Running::Child(wait_ready(child, "recording pid")?, Some(target))
+        }
+        Tracer::Bpftrace => {
+            let child = Command::new("bpftrace")
+                .arg(root.join("xtask/bench/offcpu.bt"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            // bpftrace says "Attaching 1 probe..." on stdout before attaching; give it time.
+            std::thread::sleep(Duration::from_secs(3));
+            Running::Child(child, None)
+        }
+        Tracer::PerfSched => {
+            let child = Command::new("perf")
+                .args(["sched", "record", "-a", "-o"])
+                .arg(scratch.join("perf-sched.data"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            std::thread::sleep(Duration::from_secs(2));
+            Running::Child(child, None)
+        }
+    })
+}
+
+/// A benchmark: how to run it and how to read "higher is better" from its output.
+struct Bench {
+    title: &'static str,
+    command: &'static [&'static str],
+    score: fn(&str) -> Option<f64>,
+}
+
+fn ops_per_sec(out: &str) -> Option<f64> {
+    out.lines()
+        .find_map(|l| l.trim().strip_suffix("ops/sec")?.trim().parse().ok())
+}
+
+fn futex_hash_ops(out: &str) -> Option<f64> {
+    out.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("Averaged")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+/// `perf bench futex wake` prints the average time to wake all threads; its inverse scores.
+fn futex_wake_rate(out: &str) -> Option<f64> {
+    out.lines().rev().find_map(|l| {
+        let ms: f64 = l
+            .split(" in ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        (l.trim_start().starts_with("Wokeup") && ms > 0.0).then(|| 1.0 / ms)
+    })
+}
+
+const BENCHES: [Bench; 4] = [
+    Bench {
+        title: "`perf bench sched pipe`, pinned (`taskset -c 0`)",
+        command: &[
+            "taskset", "-c", "0", "perf", "bench", "sched", "pipe", "-l", "200000",
+        ],
+        score: ops_per_sec,
+    },
+    Bench {
+        title: "`perf bench sched pipe`, across CPUs",
+        command: &["perf", "bench", "sched", "pipe", "-l", "200000"],
+        score: ops_per_sec,
+    },
+    Bench {
+        title: "`perf bench futex wake`",
+        command: &["perf", "bench", "futex", "wake", "-t", "64", "-r", "20"],
+        score: futex_wake_rate,
+    },
+    Bench {
+        title: "`perf bench futex hash`",
+        command: &["perf", "bench", "futex", "hash", "-t", "2", "-r", "2"],
+        score: futex_hash_ops,
+    },
+];
+
+fn run_bench(bench: &Bench) -> Result<f64> {
+    let out = Command::new(bench.command[0])
+        .args(&bench.command[1..])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    (bench.score)(&text)
+        .with_context(|| format!("no score in the output of {:?}:\n{text}", bench.command))
+}
+
+/// Throughput ratios: per round, each tracer's score over the untraced score of that round.
+fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
+    let mut text = String::from(
+        "Throughput with each tracer running, divided by the untraced throughput of the same round; \
+         median of 5 interleaved rounds (1.00 = no cost). Targets for tracer: >= 0.93 pinned, \
+         >= 0.98 across CPUs.\n\n",
+    );
+    let _ = write!(text, "| benchmark | untraced (median) |");
+    for t in &Tracer::ALL[1..] {
+        let _ = write!(text, " {} |", t.name());
+    }
+    let _ = writeln!(
+        text,
+        "\n|---|---:|{}",
+        "---:|".repeat(Tracer::ALL.len() - 1)
+    );
+    for bench in &BENCHES {
+        let mut scores: Vec<Vec<f64>> = vec![Vec::new(); Tracer::ALL.len()];
+        for _ in 0..ROUNDS {
+            for (i, &tracer) in Tracer::ALL.iter().enumerate() {
+                let running = start(root, tracer, scratch)?;
+                scores[i].push(run_bench(bench)?);
+                drop(running);
+            }
+        }
+        let untraced = median(&mut scores[0].clone());
+        let _ = write!(text, "| {} | {untraced:.0} |", bench.title);
+        for i in 1..Tracer::ALL.len() {
+            let mut round_ratios: Vec<f64> = scores[i]
+                .iter()
+                .zip(&scores[0])
+                .map(|(t, u)| t / u)
+                .collect();
+            let _ = write!(text, " {:.2} |", median(&mut round_ratios));
+        }
+        let _ = writeln!(text);
+        eprintln!("xtask: {} done", bench.title);
+    }
+    let _ = writeln!(
+        text,
+        "\nFutex wake is scored as the inverse of the time to wake 64 threads. The bpftrace script is \
+         `xtask/bench/offcpu.bt`."
+    );
+    Ok(Section {
+        title: "Overhead on the traced system".into(),
+        text,
+    })
+}
+
+/// `tracer record` of `perf bench sched pipe` at full speed: events seen and lost.
+fn record_loss(root: &Path, scratch: &Path) -> Result<Section> {
+    let mut text = String::from(
+        "`tracer record -o capture.json -o events.jsonl -- perf bench sched pipe -l N`, the fastest \
+         scheduling load this machine makes: every switch and wakeup of both threads is an event \
+         (target: no loss).\n\n| loops | events | events/s | lost |\n|---:|---:|---:|---:|\n",
+    );
+    for loops in [100_000, 400_000] {
+        let summary = scratch.join("capture.json");
+        let events = scratch.join("events.jsonl");
+        let out = Command::new(root.join("target/release/tracer"))
+            .args(["record", "-o"])
+            .arg(&summary)
+            .arg("-o")
+            .arg(&events)
+            .args([
+                "--",
+                "perf",
+                "bench",
+                "sched",
+                "pipe",
+                "-l",
+                &loops.to_string(),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tracer record failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary)?)?;
+        let lost = json["lost_events"].as_u64().unwrap_or(0);
+        let secs = json["duration_ns"].as_u64().unwrap_or(1) as f64 / 1e9;
+        let n = BufReader::new(std::fs::File::open(&events)?)
+            .lines()
+            .count();
+        let _ = writeln!(text, "| {loops} | {n} | {:.0} | {lost} |", n as f64 / secs);
+    }
+    Ok(Section {
+        title: "Record mode: event loss".into(),
+        text,
+    })
+}
+
+/// The daemon's own CPU and memory, idle and while `perf bench sched pipe` runs.
+fn daemon_cost(root: &Path) -> Result<Section> {
+    let daemon = Daemon::start(root, None)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let measure = |during: &dyn Fn() -> Result<()>| -> Result<(f64, u64)> {
+        let (cpu0, _) = process_usage(daemon.child.id());
+        let started = Instant::now();
+        during()?;
+        let (cpu1, rss) = process_usage(daemon.child.id());
+        Ok(((cpu1 - cpu0) / started.elapsed().as_secs_f64() * 100.0, rss))
+    };
+    let (idle_cpu, idle_rss) = measure(&|| {
+        std::thread::sleep(Duration::from_secs(20));
+        Ok(())
+    })?;
+    let (load_cpu, load_rss) = measure(&|| {
+        for _ in 0..5 {
+            run_bench(&BENCHES[1])?;
+            let _ = daemon.scrape()?;
+        }
+        Ok(())
+    })?;
+    let mut text = String::from(
+        "`tracer daemon` alone for 20 s, then while `perf bench sched pipe` runs 5 times (scraped after \
+         each). CPU is the daemon process's user + system time (targets: < 0.5% of a core idle, \
+         < 40 MiB).\n\n| | CPU (% of one core) | RSS |\n|---|---:|---:|\n",
+    );
+    let _ = writeln!(
+        text,
+        "| idle | {idle_cpu:.2}% | {:.1} MiB |",
+        idle_rss as f64 / 1024.0
+    );
+    let _ = writeln!(
+        text,
+        "| under load | {load_cpu:.2}% | {:.1} MiB |",
+        load_rss as f64 / 1024.0
+    );
+    Ok(Section {
+        title: "Daemon cost".into(),
+        text,
+    })
+}
+
+pub fn run(root: &Path) -> Result<Vec<Section>> {
+    let scratch = std::env::temp_dir().join(format!("tracer-overhead-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let sections = vec![
+        ratios(root, &scratch)?,
+        record_loss(root, &scratch)?,
+        daemon_cost(root)?,
+    ];
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(sections)
+}
