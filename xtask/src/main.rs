@@ -3,6 +3,7 @@
 //! Every command first installs what is missing (Debian's eBPF-capable Rust toolchain and
 //! `bpf-linker`) and does nothing more when it is present.
 
+mod install;
 mod pydeps;
 mod setup;
 
@@ -36,6 +37,14 @@ enum Task {
     },
     /// Set up, build, check formatting and lints, and run every test (eBPF tests included).
     Test,
+    /// Build, then install the binary to /usr/local/bin/tracer, the systemd unit to
+    /// /etc/systemd/system/ and the default configuration to /etc/tracer/tracer.toml (an
+    /// existing configuration is kept).
+    Install {
+        /// Install under DIR instead of / (staging, packaging).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +88,11 @@ fn run(task: Task) -> Result<()> {
             setup::ensure()?;
             pydeps::ensure(&root)?;
             test(&root)
+        }
+        Task::Install { root: dest } => {
+            setup::ensure()?;
+            build(&root)?;
+            install(&root, &dest)
         }
     }
 }
@@ -152,6 +166,21 @@ fn test(root: &Path) -> Result<()> {
             .env("TRACER_PYTHON", "/usr/bin/python3")
             .env("TRACER_PYDEPS", pydeps::dir(root)),
     )
+}
+
+fn install(root: &Path, dest: &Path) -> Result<()> {
+    let done = install::install(root, &root.join("target/release/tracer"), dest)?;
+    for path in &done.written {
+        eprintln!("xtask: installed {}", path.display());
+    }
+    for path in &done.kept {
+        eprintln!("xtask: kept the existing {}", path.display());
+    }
+    if dest == Path::new("/") && Path::new("/run/systemd/system").is_dir() {
+        run_command(Command::new("systemctl").arg("daemon-reload"))?;
+        eprintln!("xtask: start it with `systemctl enable --now tracer`");
+    }
+    Ok(())
 }
 
 /// Replaces this process with `program ARGS` (so signals reach it directly).

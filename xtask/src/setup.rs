@@ -7,9 +7,11 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-/// Debian packages: the eBPF-capable toolchain, LLVM for bpf-linker, and the Python the
-/// workloads run on.
-const PACKAGES: [&str; 8] = [
+/// Debian packages: the eBPF-capable toolchain, LLVM for bpf-linker, the Python the
+/// workloads run on, and for the deployment tests Prometheus (run by the tests themselves,
+/// not as a service) and systemd (`systemd-analyze verify`, and a service manager to run
+/// the unit under).
+const PACKAGES: [&str; 10] = [
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
@@ -18,6 +20,8 @@ const PACKAGES: [&str; 8] = [
     "libzstd-dev",
     "zlib1g-dev",
     "python3",
+    "prometheus",
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

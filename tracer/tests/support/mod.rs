@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod prom;
+pub mod services;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
