@@ -4,7 +4,9 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tracer_common::event::{EventKind, FUTEX_WAITV_OP, FutexWait, is_futex_wait};
 
-use crate::maps::{FUTEX_CALLS, FutexCall, current, emit, field, header, now_ns, observe, record, thread};
+use crate::maps::{
+    FUTEX_CALLS, FutexCall, current, emit, field, header, now_ns, observe, record, thread,
+};
 
 /// Offset of `uaddr` in the user's `struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 __reserved; }`,
 /// a fixed user ABI.

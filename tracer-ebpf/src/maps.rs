@@ -56,7 +56,10 @@ pub(crate) use field;
 #[inline(always)]
 pub unsafe fn record<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, offset: u32) -> T {
     // SAFETY: the caller guarantees the field is there and that zero is a valid `T`.
-    unsafe { ctx.read_at::<T>(offset as usize).unwrap_or(core::mem::zeroed()) }
+    unsafe {
+        ctx.read_at::<T>(offset as usize)
+            .unwrap_or(core::mem::zeroed())
+    }
 }
 
 #[inline(always)]

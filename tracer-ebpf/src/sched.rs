@@ -67,8 +67,8 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     let prev_state = unsafe { record::<u64>(ctx, field!(switch_prev_state)) };
     // `__schedule` counts `nvcsw` when the task was not preempted and its state was not
     // TASK_RUNNING; the tracepoint reports preemption as the `TASK_REPORT_MAX` bit.
-    let mut voluntary = prev_state & field!(switch_preempt_bit) == 0
-        && prev_state & field!(switch_state_mask) != 0;
+    let mut voluntary =
+        prev_state & field!(switch_preempt_bit) == 0 && prev_state & field!(switch_state_mask) != 0;
 
     // An exited thread's last switches are streamed (they end its time on a CPU), not counted.
     if let Some(t) = prev
@@ -154,10 +154,14 @@ fn task_counts() -> Option<Counts> {
         Some(Counts {
             voluntary_switches,
             involuntary_switches,
-            on_cpu_ns: bpf_probe_read_kernel((task + field!(task_sum_exec_runtime) as usize) as *const u64)
-                .ok()?,
-            runqueue_wait_ns: bpf_probe_read_kernel((task + field!(task_run_delay) as usize) as *const u64)
-                .ok()?,
+            on_cpu_ns: bpf_probe_read_kernel(
+                (task + field!(task_sum_exec_runtime) as usize) as *const u64,
+            )
+            .ok()?,
+            runqueue_wait_ns: bpf_probe_read_kernel(
+                (task + field!(task_run_delay) as usize) as *const u64,
+            )
+            .ok()?,
         })
     }
 }

@@ -226,8 +226,13 @@ fn programs() -> Check {
         .map(|e| format!("{mode}: {e}"))
     });
     let outcome = match failure {
-        None => Outcome::Ok("every program passes the kernel's verifier (record and daemon)".into()),
-        Some(e) => Outcome::Fail(e, "report this with `uname -r` and the message above".into()),
+        None => {
+            Outcome::Ok("every program passes the kernel's verifier (record and daemon)".into())
+        }
+        Some(e) => Outcome::Fail(
+            e,
+            "report this with `uname -r` and the message above".into(),
+        ),
     };
     Check {
         name: "programs",

@@ -3,7 +3,9 @@
 //! Every command first installs what is missing (Debian's eBPF-capable Rust toolchain and
 //! `bpf-linker`) and does nothing more when it is present.
 
+mod bench;
 mod install;
+mod overhead;
 mod pydeps;
 mod setup;
 
@@ -30,7 +32,7 @@ enum Task {
     Setup,
     /// Build the release binary `target/release/tracer`, eBPF object embedded.
     Build,
-    /// Build, then run tracer as root with ARGS (default: `record` of the bundled Rust workload).
+    /// Build, then run tracer as root with ARGS (default: `daemon`, the main job).
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -45,6 +47,8 @@ enum Task {
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
     },
+    /// Build, run the benchmarks and write BENCHMARKS.md.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -70,14 +74,7 @@ fn run(task: Task) -> Result<()> {
             setup::ensure()?;
             build(&root)?;
             let args = if args.is_empty() {
-                let workload = root.join("target/release/thread-workload");
-                vec![
-                    "record".into(),
-                    "--output".into(),
-                    "target/workload.json".into(),
-                    "--".into(),
-                    workload.display().to_string(),
-                ]
+                vec!["daemon".into()]
             } else {
                 args
             };
@@ -93,6 +90,11 @@ fn run(task: Task) -> Result<()> {
             setup::ensure()?;
             build(&root)?;
             install(&root, &dest)
+        }
+        Task::Bench => {
+            setup::ensure()?;
+            build(&root)?;
+            bench::run(&root)
         }
     }
 }

@@ -125,7 +125,13 @@ impl Out {
     }
 
     /// A histogram from log2 buckets (bucket `i` holds durations below 2^i ns).
-    fn histogram(&mut self, name: &str, labels: &str, buckets: &[u64; HISTOGRAM_BUCKETS], sum_ns: u64) {
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &str,
+        buckets: &[u64; HISTOGRAM_BUCKETS],
+        sum_ns: u64,
+    ) {
         let mut cumulative = 0;
         let mut next = 0;
         let bucket_name = Suffixed::new(name, "_bucket");
@@ -134,12 +140,32 @@ impl Out {
                 cumulative += buckets[next];
                 next += 1;
             }
-            self.line(&bucket_name.0, labels, Some(("le", le)), Num::Int(cumulative));
+            self.line(
+                &bucket_name.0,
+                labels,
+                Some(("le", le)),
+                Num::Int(cumulative),
+            );
         }
         let total: u64 = buckets.iter().sum();
-        self.line(&bucket_name.0, labels, Some(("le", "+Inf")), Num::Int(total));
-        self.line(&Suffixed::new(name, "_sum").0, labels, None, Num::Seconds(sum_ns));
-        self.line(&Suffixed::new(name, "_count").0, labels, None, Num::Int(total));
+        self.line(
+            &bucket_name.0,
+            labels,
+            Some(("le", "+Inf")),
+            Num::Int(total),
+        );
+        self.line(
+            &Suffixed::new(name, "_sum").0,
+            labels,
+            None,
+            Num::Seconds(sum_ns),
+        );
+        self.line(
+            &Suffixed::new(name, "_count").0,
+            labels,
+            None,
+            Num::Int(total),
+        );
     }
 }
 
@@ -166,7 +192,7 @@ fn push_seconds(text: &mut String, ns: u64) {
         return;
     }
     let mut width = 9;
-    while fraction % 10 == 0 {
+    while fraction.is_multiple_of(10) {
         fraction /= 10;
         width -= 1;
     }
@@ -188,37 +214,85 @@ const LINES_PER_SERIES: usize = 5 + EXPORTED_BUCKETS.len() + 3;
 /// The exposition text of a scrape, in the contract's metric names.
 pub fn render(s: &Scrape) -> String {
     let mut out = Out {
-        text: String::with_capacity(256 * (LINES_PER_SERIES * s.series.len() + 32 * s.processes.len() + 64)),
+        text: String::with_capacity(
+            256 * (LINES_PER_SERIES * s.series.len() + 32 * s.processes.len() + 64),
+        ),
     };
-    let processes = |out: &mut Out, name: &str, kind: &str, help: &str, value: &dyn Fn(&ProcessRow) -> u64| {
-        if s.processes.is_empty() {
-            return;
-        }
-        out.header(name, kind, help);
-        for p in &s.processes {
-            out.sample(name, &[("process", &p.process)], Num::Int(value(p)));
-        }
-    };
-    processes(&mut out, "tracer_threads_created_total", "counter", "Threads created in a process, by process name.", &|p| p.threads_created);
-    processes(&mut out, "tracer_threads_exited_total", "counter", "Threads of a process that exited (not its main thread), by process name.", &|p| p.threads_exited);
-    processes(&mut out, "tracer_threads", "gauge", "Threads alive, by process name.", &|p| p.threads_alive);
+    let processes =
+        |out: &mut Out, name: &str, kind: &str, help: &str, value: &dyn Fn(&ProcessRow) -> u64| {
+            if s.processes.is_empty() {
+                return;
+            }
+            out.header(name, kind, help);
+            for p in &s.processes {
+                out.sample(name, &[("process", &p.process)], Num::Int(value(p)));
+            }
+        };
+    processes(
+        &mut out,
+        "tracer_threads_created_total",
+        "counter",
+        "Threads created in a process, by process name.",
+        &|p| p.threads_created,
+    );
+    processes(
+        &mut out,
+        "tracer_threads_exited_total",
+        "counter",
+        "Threads of a process that exited (not its main thread), by process name.",
+        &|p| p.threads_exited,
+    );
+    processes(
+        &mut out,
+        "tracer_threads",
+        "gauge",
+        "Threads alive, by process name.",
+        &|p| p.threads_alive,
+    );
 
     // Each series' labels, escaped once.
     let series: Vec<(String, &Values)> = s
         .series
         .iter()
-        .map(|(k, v)| (Out::labels(&[("process", &k.process), ("thread", &k.thread)]), v))
+        .map(|(k, v)| {
+            (
+                Out::labels(&[("process", &k.process), ("thread", &k.thread)]),
+                v,
+            )
+        })
         .collect();
     if !series.is_empty() {
         let name = "tracer_thread_context_switches_total";
-        out.header(name, "counter", "Context switches: voluntary (the thread blocked) or involuntary (it was preempted).");
+        out.header(
+            name,
+            "counter",
+            "Context switches: voluntary (the thread blocked) or involuntary (it was preempted).",
+        );
         for (labels, v) in &series {
-            out.line(name, labels, Some(("kind", "voluntary")), Num::Int(v.voluntary_switches));
-            out.line(name, labels, Some(("kind", "involuntary")), Num::Int(v.involuntary_switches));
+            out.line(
+                name,
+                labels,
+                Some(("kind", "voluntary")),
+                Num::Int(v.voluntary_switches),
+            );
+            out.line(
+                name,
+                labels,
+                Some(("kind", "involuntary")),
+                Num::Int(v.involuntary_switches),
+            );
         }
         for (name, help, get) in [
-            ("tracer_thread_cpu_seconds_total", "Time on a CPU.", (|v: &Values| v.on_cpu_ns) as fn(&Values) -> u64),
-            ("tracer_thread_runqueue_wait_seconds_total", "Time runnable but waiting for a CPU.", |v: &Values| v.runqueue_wait_ns),
+            (
+                "tracer_thread_cpu_seconds_total",
+                "Time on a CPU.",
+                (|v: &Values| v.on_cpu_ns) as fn(&Values) -> u64,
+            ),
+            (
+                "tracer_thread_runqueue_wait_seconds_total",
+                "Time runnable but waiting for a CPU.",
+                |v: &Values| v.runqueue_wait_ns,
+            ),
         ] {
             out.header(name, "counter", help);
             for (labels, v) in &series {
@@ -228,41 +302,86 @@ pub fn render(s: &Scrape) -> String {
     }
     if !s.processes.is_empty() {
         let name = "tracer_runqueue_latency_seconds";
-        out.header(name, "histogram", "Run-queue waits (wakeup or preemption to running), by process name.");
+        out.header(
+            name,
+            "histogram",
+            "Run-queue waits (wakeup or preemption to running), by process name.",
+        );
         for p in &s.processes {
             let labels = Out::labels(&[("process", &p.process)]);
-            out.histogram(name, &labels, &p.runqueue.runqueue_hist, p.runqueue.runqueue_wait_ns);
+            out.histogram(
+                name,
+                &labels,
+                &p.runqueue.runqueue_hist,
+                p.runqueue.runqueue_wait_ns,
+            );
         }
     }
     if !series.is_empty() {
         let name = "tracer_futex_wait_seconds";
-        out.header(name, "histogram", "Futex wait calls (locks, condition variables) and the time blocked in them.");
+        out.header(
+            name,
+            "histogram",
+            "Futex wait calls (locks, condition variables) and the time blocked in them.",
+        );
         for (labels, v) in &series {
             out.histogram(name, labels, &v.futex_hist, v.futex_wait_ns);
         }
     }
     let name = "tracer_events_lost_total";
-    out.header(name, "counter", "Events that did not fit in the ring buffer, by kind.");
+    out.header(
+        name,
+        "counter",
+        "Events that did not fit in the ring buffer, by kind.",
+    );
     for (kind, n) in &s.lost {
         out.sample(name, &[("kind", kind.name())], Num::Int(*n));
     }
     for (name, kind, help, value) in [
-        ("tracer_series_folded_total", "counter", "Threads counted in thread=\"other\" because their process had too many thread series.", Num::Int(s.folded)),
-        ("tracer_scrape_duration_seconds", "gauge", "How long the previous scrape took to collect and write.", Num::Float(s.last_scrape_seconds)),
-        ("tracer_process_cpu_seconds_total", "counter", "CPU time of the tracer daemon itself (user and system).", Num::Float(s.cpu_seconds)),
-        ("tracer_process_resident_memory_bytes", "gauge", "Resident memory of the tracer daemon itself.", Num::Int(s.resident_bytes)),
+        (
+            "tracer_series_folded_total",
+            "counter",
+            "Threads counted in thread=\"other\" because their process had too many thread series.",
+            Num::Int(s.folded),
+        ),
+        (
+            "tracer_scrape_duration_seconds",
+            "gauge",
+            "How long the previous scrape took to collect and write.",
+            Num::Float(s.last_scrape_seconds),
+        ),
+        (
+            "tracer_process_cpu_seconds_total",
+            "counter",
+            "CPU time of the tracer daemon itself (user and system).",
+            Num::Float(s.cpu_seconds),
+        ),
+        (
+            "tracer_process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the tracer daemon itself.",
+            Num::Int(s.resident_bytes),
+        ),
     ] {
         out.header(name, kind, help);
         out.sample(name, &[], value);
     }
     if s.bpf_stats_enabled && !s.programs.is_empty() {
         let name = "tracer_bpf_program_run_seconds_total";
-        out.header(name, "counter", "Time spent in each eBPF program (kernel.bpf_stats_enabled=1).");
+        out.header(
+            name,
+            "counter",
+            "Time spent in each eBPF program (kernel.bpf_stats_enabled=1).",
+        );
         for (p, secs, _) in &s.programs {
             out.sample(name, &[("program", p)], Num::Float(*secs));
         }
         let name = "tracer_bpf_program_runs_total";
-        out.header(name, "counter", "Runs of each eBPF program (kernel.bpf_stats_enabled=1).");
+        out.header(
+            name,
+            "counter",
+            "Runs of each eBPF program (kernel.bpf_stats_enabled=1).",
+        );
         for (p, _, runs) in &s.programs {
             out.sample(name, &[("program", p)], Num::Int(*runs));
         }
@@ -285,8 +404,14 @@ mod tests {
             ..Scrape::default()
         };
         let text = render(&scrape);
-        assert!(!text.lines().any(|l| l.starts_with("fake_metric")), "{text}");
-        assert!(text.contains(r#"thread="evil\"} 1\nfake_metric{a=\"\\""#), "{text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("fake_metric")),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"thread="evil\"} 1\nfake_metric{a=\"\\""#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -304,17 +429,44 @@ mod tests {
             series: FastMap::from_iter([(key, v)]),
             ..Scrape::default()
         });
-        assert!(text.contains(r#"tracer_futex_wait_seconds_bucket{process="p",thread="t",le="0.000001024"} 2"#), "{text}");
-        assert!(text.contains(r#"tracer_futex_wait_seconds_bucket{process="p",thread="t",le="0.001048576"} 5"#), "{text}");
-        assert!(text.contains(r#"tracer_futex_wait_seconds_bucket{process="p",thread="t",le="+Inf"} 6"#), "{text}");
-        assert!(text.contains(r#"tracer_futex_wait_seconds_sum{process="p",thread="t"} 1.5"#), "{text}");
-        assert!(text.contains(r#"tracer_futex_wait_seconds_count{process="p",thread="t"} 6"#), "{text}");
+        assert!(
+            text.contains(
+                r#"tracer_futex_wait_seconds_bucket{process="p",thread="t",le="0.000001024"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tracer_futex_wait_seconds_bucket{process="p",thread="t",le="0.001048576"} 5"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tracer_futex_wait_seconds_bucket{process="p",thread="t",le="+Inf"} 6"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tracer_futex_wait_seconds_sum{process="p",thread="t"} 1.5"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tracer_futex_wait_seconds_count{process="p",thread="t"} 6"#),
+            "{text}"
+        );
     }
 
     #[test]
     fn numbers_are_exact() {
         let mut text = String::new();
-        for (ns, shown) in [(0, "0"), (1_500_000_000, "1.5"), (1_024, "0.000001024"), (3_000_000_000, "3"), (7, "0.000000007")] {
+        for (ns, shown) in [
+            (0, "0"),
+            (1_500_000_000, "1.5"),
+            (1_024, "0.000001024"),
+            (3_000_000_000, "3"),
+            (7, "0.000000007"),
+        ] {
             text.clear();
             push_seconds(&mut text, ns);
             assert_eq!(text, shown);
@@ -343,7 +495,10 @@ mod tests {
         let mut unique = types.clone();
         unique.dedup();
         assert_eq!(types.len(), unique.len());
-        assert_eq!(types.len(), text.lines().filter(|l| l.starts_with("# HELP")).count());
+        assert_eq!(
+            types.len(),
+            text.lines().filter(|l| l.starts_with("# HELP")).count()
+        );
         assert!(types.len() >= 12, "{text}");
     }
 }

@@ -34,7 +34,11 @@ pub fn for_each<V: Copy>(fd: RawFd, chunk: usize, mut f: impl FnMut(u32, &V)) ->
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { (&raw const position) as u64 },
+            in_batch: if first {
+                0
+            } else {
+                (&raw const position) as u64
+            },
             out_batch: (&raw mut next) as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
