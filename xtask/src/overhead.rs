@@ -52,7 +52,9 @@ impl Tracer {
 enum Running {
     Nothing,
     /// Stopped by its own `Drop`.
-    Daemon { _daemon: Daemon },
+    Daemon {
+        _daemon: Daemon,
+    },
     Child(Child, Option<Child>),
 }
 
