@@ -175,6 +175,10 @@ fn ctrl_c_leaves_a_decodable_trace() {
 }
 
 /// Peak resident memory of `tracer record ARGS -- CMD`, in bytes.
+#[allow(
+    clippy::zombie_processes,
+    reason = "reaped by wait4, which also gives its resource usage"
+)]
 fn peak_memory_of_recording(args: &[&str], command: &[&str]) -> u64 {
     let child = Command::new(tracer())
         .arg("record")
