@@ -42,10 +42,6 @@ pub trait Memory {
         Ok(u64::from_le_bytes(b))
     }
 
-    fn i64(&self, addr: u64) -> Result<i64> {
-        Ok(self.u64(addr)? as i64)
-    }
-
     /// A pointer-sized word.
     fn ptr(&self, addr: u64) -> Result<u64> {
         self.u64(addr)

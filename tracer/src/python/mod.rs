@@ -335,18 +335,36 @@ fn thread_states<M: Memory>(
     tasks: &HashSet<u32>,
     snapshot: &mut Snapshot,
 ) -> Result<HashMap<u64, u32>> {
-    let first = memory.ptr(at(interp, l.interp_threads_head)?)?;
+    let mut tstate = memory.ptr(at(interp, l.interp_threads_head)?)?;
+    // The fields read of each thread state, in one read.
+    let span = l
+        .tstate_next
+        .max(l.tstate_thread_id)
+        .max(l.tstate_native_thread_id.unwrap_or(0))
+        + 8;
+    let field = |bytes: &[u8], offset: u64| {
+        let at = offset as usize;
+        u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+    };
     let mut idents = HashMap::new();
-    for tstate in walk(memory, first, l.tstate_next, MAX_THREAD_STATES)? {
-        let ident = memory.u64(at(tstate, l.tstate_thread_id)?)?;
+    let mut seen = HashSet::new();
+    while tstate != 0 {
+        if !seen.insert(tstate) || seen.len() > MAX_THREAD_STATES {
+            return Err(Error::Invalid(format!(
+                "thread states loop or exceed {MAX_THREAD_STATES} at {tstate:#x}"
+            )));
+        }
+        let bytes = memory.bytes(tstate, span as usize)?;
+        let ident = field(&bytes, l.tstate_thread_id);
         let tid = match l.tstate_native_thread_id {
-            Some(offset) => u32::try_from(memory.u64(at(tstate, offset)?)?).ok(),
+            Some(offset) => u32::try_from(field(&bytes, offset)).ok(),
             None => pthread_tid(memory, ident, tasks),
         };
         if let Some(tid) = tid.filter(|&t| t > 0) {
             snapshot.python_tids.insert(tid);
             idents.insert(ident, tid);
         }
+        tstate = field(&bytes, l.tstate_next);
     }
     Ok(idents)
 }

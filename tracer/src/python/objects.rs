@@ -32,6 +32,8 @@ pub struct Reader<'a, M: Memory> {
     types: &'a mut HashMap<u64, TypeInfo>,
     /// Short strings already read (dict keys repeat: every `Thread` has the same ones).
     strings: HashMap<u64, String>,
+    /// The keys of split tables already read (every instance of a class shares them).
+    split_keys: HashMap<u64, Vec<u64>>,
 }
 
 fn invalid(what: String) -> Error {
@@ -87,6 +89,14 @@ pub fn decode_long(long: Long, size_word: u64, digits: [u32; 2]) -> Option<i64> 
     Some(if negative { -value } else { value })
 }
 
+fn word(bytes: &[u8], at: u64) -> u64 {
+    let at = at as usize;
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// How many bytes past a `str` header are read with it: short strings come in one read.
+const STRING_PREFETCH: u64 = 64;
+
 impl<'a, M: Memory> Reader<'a, M> {
     pub fn new(mem: &'a M, layout: &'a Layout, types: &'a mut HashMap<u64, TypeInfo>) -> Self {
         Self {
@@ -94,66 +104,89 @@ impl<'a, M: Memory> Reader<'a, M> {
             layout,
             types,
             strings: HashMap::new(),
+            split_keys: HashMap::new(),
         }
     }
 
-    /// The type of `obj`.
-    pub fn type_of(&mut self, obj: u64) -> Result<(u64, TypeInfo)> {
-        let ty = self.mem.ptr(at(obj, layout::OB_TYPE)?)?;
+    /// What tracer needs of the type object at `ty`.
+    fn type_info(&mut self, ty: u64) -> Result<TypeInfo> {
         if let Some(info) = self.types.get(&ty) {
-            return Ok((ty, *info));
+            return Ok(*info);
         }
+        let bytes = self.mem.bytes(ty, (layout::TP_DICTOFFSET + 8) as usize)?;
         let info = TypeInfo {
-            flags: self.mem.u64(at(ty, layout::TP_FLAGS)?)?,
-            basicsize: self.mem.u64(at(ty, layout::TP_BASICSIZE)?)?,
-            dictoffset: self.mem.i64(at(ty, layout::TP_DICTOFFSET)?)?,
+            flags: word(&bytes, layout::TP_FLAGS),
+            basicsize: word(&bytes, layout::TP_BASICSIZE),
+            dictoffset: word(&bytes, layout::TP_DICTOFFSET) as i64,
         };
         // Bounded so that garbage read as types does not grow the cache without end.
         if self.types.len() < 4096 {
             self.types.insert(ty, info);
         }
-        Ok((ty, info))
+        Ok(info)
     }
 
-    fn has_flag(&mut self, obj: u64, flag: u64) -> Result<bool> {
-        Ok(self.type_of(obj)?.1.flags & flag != 0)
+    /// The type of `obj`.
+    pub fn type_of(&mut self, obj: u64) -> Result<(u64, TypeInfo)> {
+        let ty = self.mem.ptr(at(obj, layout::OB_TYPE)?)?;
+        Ok((ty, self.type_info(ty)?))
     }
 
     pub fn is_dict(&mut self, obj: u64) -> Result<bool> {
-        self.has_flag(obj, flags::DICT_SUBCLASS)
+        Ok(self.type_of(obj)?.1.flags & flags::DICT_SUBCLASS != 0)
     }
 
-    /// The header of a `str`: (length in code points, kind, data address).
-    fn string_header(&mut self, obj: u64) -> Result<(u64, u8, u64)> {
-        if !self.has_flag(obj, flags::UNICODE_SUBCLASS)? {
+    /// A `str` object's header and, if they follow it closely, its characters: (length in
+    /// code points, kind, data address, the bytes read from the data address on).
+    fn string_header(&mut self, obj: u64) -> Result<(u64, u8, u64, Vec<u8>)> {
+        let l = self.layout;
+        let header = l.unicode_compact_size;
+        // The characters of a short string come with its header; near the end of a mapping
+        // only the header every string has (`PyASCIIObject`) is read.
+        let bytes = self
+            .mem
+            .bytes(obj, (header + STRING_PREFETCH) as usize)
+            .or_else(|_| self.mem.bytes(obj, l.unicode_ascii_size as usize))?;
+        let ty = word(&bytes, layout::OB_TYPE);
+        if self.type_info(ty)?.flags & flags::UNICODE_SUBCLASS == 0 {
             return Err(invalid(format!("{obj:#x} is not a str")));
         }
-        let l = self.layout;
-        let length = self.mem.u64(at(obj, l.unicode_length)?)?;
-        let state = self.mem.u32(at(obj, l.unicode_state)?)?;
+        let length = word(&bytes, l.unicode_length);
+        let state = u32::from_le_bytes(
+            bytes[l.unicode_state as usize..l.unicode_state as usize + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
         let kind = ((state >> 2) & 7) as u8;
         let compact = (state >> 5) & 1 != 0;
         let ascii = (state >> 6) & 1 != 0;
         if length > MAX_STRING_CHARS {
             return Err(invalid(format!("string of {length} code points")));
         }
-        let data = match (compact, ascii) {
-            (true, true) => at(obj, l.unicode_ascii_size)?,
-            (true, false) => at(obj, l.unicode_compact_size)?,
-            // A legacy string: its data has its own allocation (`data.any`).
-            (false, _) => self.mem.ptr(at(obj, l.unicode_compact_size)?)?,
-        };
         if ascii && kind != 1 {
             return Err(invalid(format!("ASCII string of kind {kind}")));
         }
-        Ok((length, kind, data))
+        let (data, inline) = match (compact, ascii) {
+            (true, true) => (at(obj, l.unicode_ascii_size)?, l.unicode_ascii_size),
+            (true, false) => (at(obj, header)?, header),
+            // A legacy string: its data has its own allocation (`data.any`).
+            (false, _) => (self.mem.ptr(at(obj, header)?)?, u64::MAX),
+        };
+        let prefetched = bytes
+            .get(inline as usize..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        Ok((length, kind, data, prefetched))
     }
 
     /// A `str` object's text, whole.
     pub fn string(&mut self, obj: u64) -> Result<String> {
-        let (length, kind, data) = self.string_header(obj)?;
-        let bytes = self.mem.bytes(data, (length * u64::from(kind)) as usize)?;
-        decode_unicode(kind, &bytes)
+        let (length, kind, data, prefetched) = self.string_header(obj)?;
+        let size = (length * u64::from(kind)) as usize;
+        match prefetched.get(..size) {
+            Some(bytes) => decode_unicode(kind, bytes),
+            None => decode_unicode(kind, &self.mem.bytes(data, size)?),
+        }
     }
 
     /// Whether `obj` is a `str` equal to `text`, reading its text only when its length
@@ -162,11 +195,15 @@ impl<'a, M: Memory> Reader<'a, M> {
         if let Some(known) = self.strings.get(&obj) {
             return Ok(known == text);
         }
-        let (length, _, _) = self.string_header(obj)?;
+        let (length, kind, data, prefetched) = self.string_header(obj)?;
         if length != text.chars().count() as u64 {
             return Ok(false);
         }
-        let string = self.string(obj)?;
+        let size = (length * u64::from(kind)) as usize;
+        let string = match prefetched.get(..size) {
+            Some(bytes) => decode_unicode(kind, bytes)?,
+            None => decode_unicode(kind, &self.mem.bytes(data, size)?)?,
+        };
         let same = string == text;
         if self.strings.len() < 4096 {
             self.strings.insert(obj, string);
@@ -177,29 +214,26 @@ impl<'a, M: Memory> Reader<'a, M> {
     /// The value of an `int` object that fits in 60 bits; `None` for other objects
     /// (`None`, or anything else).
     pub fn small_int(&mut self, obj: u64) -> Result<Option<i64>> {
-        if !self.has_flag(obj, flags::LONG_SUBCLASS)? {
+        // ob_refcnt, ob_type, the size word and two digits: what any int holds (an int
+        // object takes at least 32 bytes).
+        let bytes = self.mem.bytes(obj, 32)?;
+        if self.type_info(word(&bytes, layout::OB_TYPE))?.flags & flags::LONG_SUBCLASS == 0 {
             return Ok(None);
         }
-        let size = self.mem.u64(at(obj, 16)?)?;
-        let mut digits = [0u32; 2];
-        // Read only the digits the object has (a one-digit int has no second one).
-        let ndigits = match self.layout.long {
-            Long::SignedSize => (size as i64).unsigned_abs(),
-            Long::Tagged => size >> 3,
-        };
-        for (i, d) in digits.iter_mut().enumerate().take(ndigits.min(2) as usize) {
-            *d = self.mem.u32(at(obj, 24 + 4 * i as u64)?)?;
-        }
-        Ok(decode_long(self.layout.long, size, digits))
+        let size = word(&bytes, 16);
+        let digit =
+            |i: usize| u32::from_le_bytes(bytes[24 + 4 * i..28 + 4 * i].try_into().expect("4"));
+        Ok(decode_long(self.layout.long, size, [digit(0), digit(1)]))
     }
 
     /// The (key, value) pairs of a dict object.
     pub fn dict_items(&mut self, dict: u64) -> Result<Vec<(u64, u64)>> {
-        if !self.is_dict(dict)? {
+        let bytes = self.mem.bytes(dict, (layout::MA_VALUES + 8) as usize)?;
+        if self.type_info(word(&bytes, layout::OB_TYPE))?.flags & flags::DICT_SUBCLASS == 0 {
             return Err(invalid(format!("{dict:#x} is not a dict")));
         }
-        let keys = self.mem.ptr(at(dict, layout::MA_KEYS)?)?;
-        let values = self.mem.ptr(at(dict, layout::MA_VALUES)?)?;
+        let keys = word(&bytes, layout::MA_KEYS);
+        let values = word(&bytes, layout::MA_VALUES);
         self.keys_items(keys, (values != 0).then_some(values))
     }
 
@@ -214,14 +248,14 @@ impl<'a, M: Memory> Reader<'a, M> {
         Ok(None)
     }
 
-    /// The pairs of a keys object; with `values` (a `PyDictValues`), a split table whose
-    /// values live there, in entry order.
-    pub fn keys_items(&mut self, keys: u64, values: Option<u64>) -> Result<Vec<(u64, u64)>> {
+    /// The entries of a keys object, in order, as (key, value) with zeros where an entry is
+    /// empty or deleted (a split table's entries have no value).
+    fn entries(&mut self, keys: u64) -> Result<Vec<(u64, u64)>> {
         let mem = self.mem;
         let (entries, count, entry_size, key_at, value_at) = match self.layout.keys {
             Keys::Sized => {
-                let size = mem.u64(at(keys, 8)?)?;
-                let nentries = mem.u64(at(keys, 32)?)?;
+                let header = mem.bytes(keys, 40)?;
+                let (size, nentries) = (word(&header, 8), word(&header, 32));
                 if !size.is_power_of_two() || size > 1 << 32 || nentries > size {
                     return Err(invalid(format!(
                         "dict keys of size {size} with {nentries} entries"
@@ -235,9 +269,9 @@ impl<'a, M: Memory> Reader<'a, M> {
                 (at(keys, 40 + size * index_size)?, nentries, 24, 8, 16)
             }
             Keys::Log2 => {
-                let header = mem.bytes(at(keys, 8)?, 24)?;
-                let (log2_size, log2_index_bytes, kind) = (header[0], header[1], header[2]);
-                let nentries = u64::from_le_bytes(header[16..24].try_into().expect("8 bytes"));
+                let header = mem.bytes(keys, 32)?;
+                let (log2_size, log2_index_bytes, kind) = (header[8], header[9], header[10]);
+                let nentries = word(&header, 24);
                 if log2_size > 32
                     || log2_index_bytes < log2_size
                     || log2_index_bytes > log2_size + 3
@@ -260,60 +294,88 @@ impl<'a, M: Memory> Reader<'a, M> {
         if count > MAX_DICT_ENTRIES {
             return Err(invalid(format!("dict of {count} entries")));
         }
-        let split_values = match values {
-            None => None,
-            Some(values) => {
-                let mut count = count;
-                if self.layout.dict_values_start > 0 {
-                    // 3.13 on: the values header starts with their capacity.
-                    count = count.min(u64::from(mem.u8(values)?));
-                }
-                let raw = mem.bytes(
-                    at(values, self.layout.dict_values_start)?,
-                    count as usize * 8,
-                )?;
-                Some(
-                    raw.chunks_exact(8)
-                        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-                        .collect::<Vec<_>>(),
-                )
-            }
-        };
-        let mut items = Vec::new();
+        let mut out = Vec::with_capacity(count as usize);
         let mut first = 0;
         while first < count {
             let n = CHUNK.min(count - first);
             let chunk = mem.bytes(at(entries, first * entry_size)?, (n * entry_size) as usize)?;
-            for (i, entry) in chunk.chunks_exact(entry_size as usize).enumerate() {
-                let word = |offset: usize| {
-                    u64::from_le_bytes(entry[offset..offset + 8].try_into().expect("8 bytes"))
-                };
-                let key = word(key_at);
-                let value = match &split_values {
-                    Some(values) => values.get(first as usize + i).copied().unwrap_or(0),
-                    None => word(value_at),
-                };
-                if key != 0 && value != 0 {
-                    items.push((key, value));
-                }
+            for entry in chunk.chunks_exact(entry_size as usize) {
+                out.push((word(entry, key_at), word(entry, value_at)));
             }
             first += n;
         }
-        Ok(items)
+        Ok(out)
+    }
+
+    /// The pairs of a keys object; with `values` (a `PyDictValues`), a split table whose
+    /// values live there, in entry order.
+    pub fn keys_items(&mut self, keys: u64, values: Option<u64>) -> Result<Vec<(u64, u64)>> {
+        let Some(values) = values else {
+            return Ok(self
+                .entries(keys)?
+                .into_iter()
+                .filter(|&(k, v)| k != 0 && v != 0)
+                .collect());
+        };
+        // Split keys are shared by every instance of a class: read once per reading.
+        let shared = match self.split_keys.get(&keys) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Vec<u64> = self.entries(keys)?.into_iter().map(|(k, _)| k).collect();
+                if self.split_keys.len() < 256 {
+                    self.split_keys.insert(keys, shared.clone());
+                }
+                shared
+            }
+        };
+        let mut count = shared.len() as u64;
+        if self.layout.dict_values_start > 0 {
+            // 3.13 on: the values header starts with their capacity.
+            count = count.min(u64::from(self.mem.u8(values)?));
+        }
+        let raw = self.mem.bytes(
+            at(values, self.layout.dict_values_start)?,
+            count as usize * 8,
+        )?;
+        Ok(shared
+            .iter()
+            .zip(raw.chunks_exact(8))
+            .map(|(&k, v)| (k, u64::from_le_bytes(v.try_into().expect("8 bytes"))))
+            .filter(|&(k, v)| k != 0 && v != 0)
+            .collect())
     }
 
     /// The attributes of an instance of a Python class, as (name object, value) pairs.
     pub fn instance_items(&mut self, obj: u64) -> Result<Vec<(u64, u64)>> {
-        let (ty, info) = self.type_of(obj)?;
+        // The three words before the object (where 3.11 on keep the dict or values of
+        // instances with a managed dict) and its header, in one read; the fourth word
+        // before is 3.11's values pointer.
+        let lead = if self.layout.instances == Instances::Managed311 {
+            32
+        } else {
+            24
+        };
+        let bytes = self
+            .mem
+            .bytes(before(obj, lead)?, (lead + 16) as usize)
+            .or_else(|_| {
+                // An object at the start of a mapping has nothing readable before it (an
+                // instance without a managed dict).
+                let mut b = vec![0; lead as usize];
+                b.extend(self.mem.bytes(obj, 16)?);
+                Ok::<_, Error>(b)
+            })?;
+        let ty = word(&bytes, lead + layout::OB_TYPE);
+        let info = self.type_info(ty)?;
+        let before_obj = |n: u64| word(&bytes, lead - n);
         let managed = info.flags & flags::MANAGED_DICT != 0;
-        let mem = self.mem;
         match self.layout.instances {
             Instances::Managed311 if managed => {
-                let dict = mem.ptr(before(obj, 24)?)?;
+                let dict = before_obj(24);
                 if dict != 0 {
                     return self.dict_items(dict);
                 }
-                let values = mem.ptr(before(obj, 32)?)?;
+                let values = before_obj(32);
                 if values == 0 {
                     return Ok(Vec::new());
                 }
@@ -321,7 +383,7 @@ impl<'a, M: Memory> Reader<'a, M> {
                 self.keys_items(keys, Some(values))
             }
             Instances::Managed312 if managed => {
-                let word = mem.ptr(before(obj, 24)?)?;
+                let word = before_obj(24);
                 if word & 1 != 0 {
                     let keys = self.cached_keys(ty, info)?;
                     self.keys_items(keys, Some(word + 1))
@@ -332,7 +394,7 @@ impl<'a, M: Memory> Reader<'a, M> {
                 }
             }
             Instances::Inline313 if managed || info.flags & flags::INLINE_VALUES != 0 => {
-                let dict = mem.ptr(before(obj, 24)?)?;
+                let dict = before_obj(24);
                 if dict != 0 {
                     return self.dict_items(dict);
                 }
@@ -344,7 +406,7 @@ impl<'a, M: Memory> Reader<'a, M> {
                 }
                 let values = at(obj, info.basicsize)?;
                 // `valid` is the fourth byte of the values header.
-                if mem.u8(at(values, 3)?)? == 0 {
+                if self.mem.u8(at(values, 3)?)? == 0 {
                     return Ok(Vec::new());
                 }
                 let keys = self.cached_keys(ty, info)?;
@@ -357,7 +419,7 @@ impl<'a, M: Memory> Reader<'a, M> {
                         info.dictoffset
                     )));
                 }
-                let dict = mem.ptr(at(obj, info.dictoffset as u64)?)?;
+                let dict = self.mem.ptr(at(obj, info.dictoffset as u64)?)?;
                 if dict == 0 {
                     return Ok(Vec::new());
                 }

@@ -33,6 +33,11 @@ const RETRIES: [Duration; 6] = [
 ];
 /// How often a Python process is read without being asked (names change without events).
 const PERIOD: Duration = Duration::from_secs(1);
+/// Readings take at most this share of the watcher's time: a process with so many threads
+/// that a reading takes long is read less often (at most every `1/PERIOD_SHARE` readings'
+/// time when unasked, every `1/ASKED_SHARE` when asked).
+const PERIOD_SHARE: u32 = 20;
+const ASKED_SHARE: u32 = 4;
 
 enum Message {
     Created(u32),
@@ -104,6 +109,8 @@ struct Worker {
     pending: HashMap<u32, usize>,
     /// The interpreter is one tracer cannot read (its version): no more tries.
     unsupported: bool,
+    /// How long the last reading took.
+    cost: Duration,
 }
 
 impl Worker {
@@ -115,6 +122,7 @@ impl Worker {
             outcome: Outcome::default(),
             pending: HashMap::new(),
             unsupported: false,
+            cost: Duration::ZERO,
         }
     }
 
@@ -130,9 +138,11 @@ impl Worker {
                     self.outcome.names.remove(&tid);
                     self.outcome.python_tids.remove(&tid);
                     self.pending.insert(tid, 0);
-                    due = Some(soonest(due, Instant::now() + SETTLE));
+                    due = Some(soonest(due, Instant::now() + self.after(SETTLE)));
                 }
-                Ok(Message::Renamed) => due = Some(soonest(due, Instant::now() + SETTLE)),
+                Ok(Message::Renamed) => {
+                    due = Some(soonest(due, Instant::now() + self.after(SETTLE)));
+                }
                 Ok(Message::Finish) | Err(RecvTimeoutError::Disconnected) => {
                     self.read();
                     return self.outcome;
@@ -144,7 +154,7 @@ impl Worker {
                         self.read();
                     }
                     if now >= periodic {
-                        periodic = now + PERIOD;
+                        periodic = now + PERIOD.max(self.cost * PERIOD_SHARE);
                     }
                     if asked {
                         due = self.next_retry(now);
@@ -162,11 +172,22 @@ impl Worker {
             !names.contains_key(tid) && *tries <= RETRIES.len()
         });
         let fewest = self.pending.values().min()?;
-        Some(now + RETRIES[fewest - 1])
+        Some(now + self.after(RETRIES[fewest - 1]))
+    }
+
+    /// `delay`, or longer when readings are costly.
+    fn after(&self, delay: Duration) -> Duration {
+        delay.max(self.cost * ASKED_SHARE)
     }
 
     /// Reads the interpreter, finding it first if needed, and merges what it shows.
     fn read(&mut self) {
+        let start = Instant::now();
+        self.read_now();
+        self.cost = start.elapsed();
+    }
+
+    fn read_now(&mut self) {
         if self.unsupported {
             return;
         }
@@ -199,7 +220,11 @@ impl Worker {
                     ));
                 }
             }
-            Err(e) => self.failed(&e),
+            Err(e) => {
+                // Found again at the next reading: the process may have run `exec`.
+                self.interpreter = None;
+                self.failed(&e);
+            }
         }
     }
 
