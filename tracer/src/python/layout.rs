@@ -290,9 +290,14 @@ impl Layout {
         let threads_head = interp(3);
         let modules = interp(5 + threads_main);
         let ceval_gil = interp(8 + threads_main);
-        let interp_fields = if version.at_least(3, 14) { 16 } else { 13 };
         // thread_state: size, prev, next, interp, current_frame, thread_id, native_thread_id.
-        let ts = |i: usize| words[6 + interp_fields + i];
+        // It follows interpreter_state, whose fields after those read here differ between
+        // versions (13 in 3.13, 16 in 3.14): it is found by its first offsets, `prev`, `next`
+        // and `interp`, which start every `PyThreadState`.
+        let ts_start = (6 + 13..6 + 24)
+            .find(|&i| words[i] >= 64 && words[i + 1..i + 4] == [0, 8, 16])
+            .ok_or_else(|| bad("no thread state section"))?;
+        let ts = |i: usize| words[ts_start + i];
         let ts_size = ts(0);
         let (ts_next, thread_id, native) = (ts(2), ts(5), ts(6));
         for (name, offset, size) in [
@@ -514,6 +519,27 @@ pub mod tests {
         assert_eq!(layout.tstate_native_thread_id, Some(160));
         assert_eq!(layout.type_size, 416);
         assert_eq!(layout.unicode_ascii_size, 40);
+    }
+
+    /// A 3.14 table without the last two interpreter fields: the thread state section is
+    /// still found.
+    #[test]
+    fn debug_offsets_with_fewer_interpreter_fields() {
+        let words: &[u64] = &[
+            0x030e00f0, 0, 0x50000, 0x4a8, 640, // header, runtime_state
+            0x20000, 8000, 7990, 8100, 8108, 8200, 8500, 8400, 8408, 24, 8600, 0, 8616, 8608, 400,
+            0, 8, 16, 72, 152, 168, 208, 32, // thread_state
+            16, 8, 416, 24, 88, 168, // pyobject, type_object
+            32, 16, 24, 40, 16, 32, 80, 32, 16, 40, // long, bytes, unicode
+        ];
+        let mut table = DEBUG_COOKIE.to_vec();
+        for w in words {
+            table.extend(w.to_le_bytes());
+        }
+        table.resize(DEBUG_OFFSETS_LEN, 0);
+        let layout = Layout::from_debug_offsets(&table).unwrap();
+        assert_eq!(layout.tstate_native_thread_id, Some(168));
+        assert_eq!(layout.interp_modules, 8500);
     }
 
     #[test]
