@@ -25,7 +25,8 @@ fn metrics_match_the_kernels_counters() {
     let daemon = Daemon::start(&[], &[]);
     let dir = scratch();
     let truth_path = dir.path().join("truth.json");
-    let status = Command::new(rust_workload())
+    let (workload, process) = private_workload(dir.path());
+    let status = Command::new(&workload)
         .arg("mixed")
         .env("TRACER_TRUTH", &truth_path)
         .status()
@@ -34,7 +35,7 @@ fn metrics_match_the_kernels_counters() {
     std::thread::sleep(SETTLE);
     let samples = daemon.samples();
     let truth = read_json(&truth_path);
-    let process = "thread-workload";
+    let process = process.as_str();
     let threads = truth["threads"].as_array().unwrap();
     let created = value(
         &samples,
@@ -159,9 +160,11 @@ fn a_hundred_thousand_random_thread_names_stay_bounded() {
         return;
     }
     let daemon = Daemon::start(&[], &[]);
+    let dir = scratch();
+    let (workload, process) = private_workload(dir.path());
     let before = daemon.rss_kib();
     let started = Instant::now();
-    let status = Command::new(rust_workload())
+    let status = Command::new(&workload)
         .arg("churn")
         .env("TRACER_CHURN_THREADS", "100000")
         .status()
@@ -170,7 +173,7 @@ fn a_hundred_thousand_random_thread_names_stay_bounded() {
     std::thread::sleep(SETTLE);
     let samples = daemon.samples();
     let after = daemon.rss_kib();
-    let process = "thread-workload";
+    let process = process.as_str();
     let series = find(
         &samples,
         "tracer_thread_cpu_seconds_total",

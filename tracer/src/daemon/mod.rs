@@ -100,20 +100,47 @@ async fn serve(args: Args, config: Config) -> Result<()> {
         config: RwLock::new((config, compiled)),
         last_scrape: Mutex::new(Duration::ZERO),
     });
+    // Signals are handled from here on: one that came between READY and the event loop
+    // would otherwise end the daemon with the default action.
+    let signals = Signals::new()?;
     tokio::spawn(http::serve(listener, shared.clone()));
     notify::notify("READY=1");
     eprintln!("tracer: serving metrics at http://{listen}/metrics");
-    let result = event_loop(&args, &shared, ring).await;
+    let result = event_loop(&args, &shared, ring, signals).await;
     notify::notify("STOPPING=1");
     result
 }
 
-async fn event_loop(args: &Args, shared: &Shared, mut ring: RingBuf<MapData>) -> Result<()> {
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| Error::io("handling SIGINT", e))?;
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| Error::io("handling SIGTERM", e))?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| Error::io("handling SIGHUP", e))?;
+/// The signals the daemon acts on.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        let handle =
+            |kind, name: &str| signal(kind).map_err(|e| Error::io(format!("handling {name}"), e));
+        Ok(Self {
+            interrupt: handle(SignalKind::interrupt(), "SIGINT")?,
+            terminate: handle(SignalKind::terminate(), "SIGTERM")?,
+            hangup: handle(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
+async fn event_loop(
+    args: &Args,
+    shared: &Shared,
+    mut ring: RingBuf<MapData>,
+    signals: Signals,
+) -> Result<()> {
+    let Signals {
+        mut interrupt,
+        mut terminate,
+        mut hangup,
+    } = signals;
     let mut drain = tokio::time::interval(probes::DRAIN_INTERVAL);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut last_sweep = Instant::now();

@@ -197,6 +197,8 @@ async fn capture(
         out.begin(pid, argv, started_ns, &table)?;
     }
     let exited = pidfd(pid)?;
+    // From here on Ctrl-C and SIGTERM end the capture cleanly rather than the process.
+    let signals = StopSignals::new()?;
     // SAFETY: the ring buffer owns its descriptor and keeps it open until it is dropped,
     // which only happens with the `AsyncFd`.
     let mut ring = unsafe { AsyncFd::register(probes.take_events()?) }
@@ -212,6 +214,7 @@ async fn capture(
     );
 
     let stop = watch(
+        signals,
         &mut ring,
         &exited,
         request.duration,
@@ -268,7 +271,25 @@ async fn capture(
 }
 
 /// Reads events until the target exits, the duration passes or a signal asks to stop.
+/// The signals that end a capture.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())
+                .map_err(|e| Error::io("handling SIGINT", e))?,
+            terminate: signal(SignalKind::terminate())
+                .map_err(|e| Error::io("handling SIGTERM", e))?,
+        })
+    }
+}
+
 async fn watch(
+    signals: StopSignals,
     ring: &mut AsyncFd<RingBuf<MapData>>,
     exited: &AsyncFd<OwnedFd>,
     duration: Option<Duration>,
@@ -277,10 +298,10 @@ async fn watch(
     events_out: &mut Option<EventWriter>,
     trace_out: &mut Option<TraceWriter>,
 ) -> Result<Stop> {
-    let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| Error::io("handling SIGINT", e))?;
-    let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| Error::io("handling SIGTERM", e))?;
+    let StopSignals {
+        mut interrupt,
+        mut terminate,
+    } = signals;
     let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     // The programs wake us only when the buffer fills up; otherwise it is drained on a timer.

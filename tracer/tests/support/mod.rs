@@ -293,3 +293,12 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The Rust workload copied into `dir` under a name no other process has, so that metrics
+/// labelled by process name count this test's run alone. Returns the path and the name.
+pub fn private_workload(dir: &Path) -> (PathBuf, String) {
+    let name = format!("wl{}", std::process::id() % 1_000_000);
+    let path = dir.join(&name);
+    std::fs::copy(rust_workload(), &path).expect("copying the workload");
+    (path, name)
+}
