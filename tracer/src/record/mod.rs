@@ -196,9 +196,8 @@ async fn capture(
         };
         out.begin(pid, argv, started_ns, &table)?;
     }
-    let exited = pidfd(pid)?;
     // From here on Ctrl-C and SIGTERM end the capture cleanly rather than the process.
-    let signals = StopSignals::new()?;
+    let stops = Stops::new(pid)?;
     // SAFETY: the ring buffer owns its descriptor and keeps it open until it is dropped,
     // which only happens with the `AsyncFd`.
     let mut ring = unsafe { AsyncFd::register(probes.take_events()?) }
@@ -214,9 +213,8 @@ async fn capture(
     );
 
     let stop = watch(
-        signals,
+        stops,
         &mut ring,
-        &exited,
         request.duration,
         &mut table,
         &mut python,
@@ -271,15 +269,17 @@ async fn capture(
 }
 
 /// Reads events until the target exits, the duration passes or a signal asks to stop.
-/// The signals that end a capture.
-struct StopSignals {
+/// What ends a capture besides its duration: the target's exit and the stop signals.
+struct Stops {
+    exited: AsyncFd<OwnedFd>,
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
 }
 
-impl StopSignals {
-    fn new() -> Result<Self> {
+impl Stops {
+    fn new(pid: u32) -> Result<Self> {
         Ok(Self {
+            exited: pidfd(pid)?,
             interrupt: signal(SignalKind::interrupt())
                 .map_err(|e| Error::io("handling SIGINT", e))?,
             terminate: signal(SignalKind::terminate())
@@ -289,19 +289,19 @@ impl StopSignals {
 }
 
 async fn watch(
-    signals: StopSignals,
+    stops: Stops,
     ring: &mut AsyncFd<RingBuf<MapData>>,
-    exited: &AsyncFd<OwnedFd>,
     duration: Option<Duration>,
     table: &mut ThreadTable,
     python: &mut Tracker,
     events_out: &mut Option<EventWriter>,
     trace_out: &mut Option<TraceWriter>,
 ) -> Result<Stop> {
-    let StopSignals {
+    let Stops {
+        exited,
         mut interrupt,
         mut terminate,
-    } = signals;
+    } = stops;
     let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     // The programs wake us only when the buffer fills up; otherwise it is drained on a timer.
