@@ -8,14 +8,11 @@
 use std::{
     hint::black_box,
     sync::{Arc, Mutex},
-    thread::{self, JoinHandle},
+    thread,
     time::{Duration, Instant},
 };
 
-use crate::{
-    tracked::{self, Tracked},
-    truth::ThreadRecord,
-};
+use crate::tracked::{self, Tracked};
 
 const SPINNERS: usize = 3;
 const SPIN_FOR: Duration = Duration::from_millis(300);
@@ -45,10 +42,8 @@ pub fn run(main: &mut Tracked) {
     naming_stage(main);
 }
 
-fn join_all(main: &mut Tracked, handles: Vec<JoinHandle<Vec<ThreadRecord>>>) {
-    for handle in handles {
-        main.adopt(tracked::join(handle));
-    }
+fn join_all(main: &mut Tracked, handles: Vec<tracked::Handle>) {
+    main.adopt(tracked::join_all(handles));
 }
 
 fn cpu_stage(main: &mut Tracked) {
@@ -110,9 +105,7 @@ fn naming_stage(main: &mut Tracked) {
                 })
             })
             .collect();
-        for child in children {
-            me.adopt(tracked::join(child));
-        }
+        me.adopt(tracked::join_all(children));
     }));
 
     handles.push(tracked::spawn(LONG_NAME, "longname", |_| {

@@ -4,6 +4,7 @@
 use std::{
     ffi::CString,
     fs, io,
+    sync::mpsc,
     thread::{self, JoinHandle},
 };
 
@@ -108,14 +109,25 @@ impl Tracked {
 /// `std` names the kernel thread from inside the new thread, which is a
 /// kernel rename from the inherited `comm` (the spawning thread's) to the
 /// name truncated to 15 bytes; the record lists it.
-pub fn spawn<F>(name: &str, role: &'static str, body: F) -> JoinHandle<Vec<ThreadRecord>>
+/// A tracked thread: its join handle, and the turn it waits for before its last reading.
+pub struct Handle {
+    join: JoinHandle<Vec<ThreadRecord>>,
+    done: mpsc::Receiver<()>,
+    turn: mpsc::Sender<()>,
+}
+
+/// Spawns a named thread that runs `body`, then waits for its turn (see [`join_all`]) and
+/// reads its own counters as the last thing it does.
+pub fn spawn<F>(name: &str, role: &'static str, body: F) -> Handle
 where
     F: FnOnce(&mut Tracked) + Send + 'static,
 {
     let parent_tid = truth::gettid();
     let inherited = truth::own_comm().expect("read own comm");
     let owned_name = name.to_owned();
-    thread::Builder::new()
+    let (done_tx, done) = mpsc::channel();
+    let (turn, turn_rx) = mpsc::channel::<()>();
+    let join = thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
             let mut me = Tracked::new(owned_name, role, Some(parent_tid));
@@ -125,16 +137,32 @@ where
                 to: named,
             });
             body(&mut me);
+            let _ = done_tx.send(());
+            let _ = turn_rx.recv();
             me.finish().expect("read own counters")
         })
-        .unwrap_or_else(|e| panic!("spawn {name}: {e}"))
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    Handle { join, done, turn }
 }
 
-/// Joins a tracked thread, re-raising its panic if it had one.
-pub fn join(handle: JoinHandle<Vec<ThreadRecord>>) -> Vec<ThreadRecord> {
-    handle
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+/// Ends `handles` one at a time: once every one of them has done its work, each in turn
+/// reads its counters and exits while the others wait, so that nothing competes with a
+/// thread between its last reading and its exit.
+pub fn join_all(handles: Vec<Handle>) -> Vec<ThreadRecord> {
+    for handle in &handles {
+        let _ = handle.done.recv();
+    }
+    let mut records = Vec::new();
+    for handle in handles {
+        let _ = handle.turn.send(());
+        records.extend(
+            handle
+                .join
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        );
+    }
+    records
 }
 
 /// Renames another thread of this process through
