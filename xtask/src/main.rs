@@ -159,6 +159,7 @@ fn test(root: &Path) -> Result<()> {
             .args([
                 "test",
                 "--release",
+                "--no-fail-fast",
                 "--workspace",
                 "--exclude",
                 "tracer-ebpf",
