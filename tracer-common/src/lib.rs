@@ -18,6 +18,9 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU count of events that did not fit in the ring buffer, indexed by event kind.
     pub const LOST: &str = "LOST";
+    /// The CPython GIL's address range, `[start, end)`, by thread group, for processes the
+    /// daemon found to run CPython.
+    pub const GIL: &str = "GIL";
     /// Futex calls in flight, keyed by thread id.
     pub const FUTEX_CALLS: &str = "FUTEX_CALLS";
     /// Global: [`crate::fields::Fields`], tracepoint field offsets read from tracefs.

@@ -84,6 +84,10 @@ pub struct ThreadStats {
     pub futex_waits: u64,
     /// Time spent in those calls.
     pub futex_wait_ns: u64,
+    /// Futex waits on the CPython GIL of the thread's process (see the `GIL` map), and
+    /// their time.
+    pub gil_waits: u64,
+    pub gil_wait_ns: u64,
     /// Log2 histogram of run-queue waits.
     pub runqueue_hist: [u32; HISTOGRAM_BUCKETS],
     /// Log2 histogram of futex wait calls.
@@ -115,6 +119,8 @@ impl ThreadStats {
             off_cpu_ns: 0,
             futex_waits: 0,
             futex_wait_ns: 0,
+            gil_waits: 0,
+            gil_wait_ns: 0,
             runqueue_hist: [0; HISTOGRAM_BUCKETS],
             futex_hist: [0; HISTOGRAM_BUCKETS],
         }

@@ -5,7 +5,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use tracer_common::event::{EventKind, FUTEX_WAITV_OP, FutexWait, is_futex_wait};
 
 use crate::maps::{
-    FUTEX_CALLS, FutexCall, current, emit, field, header, now_ns, observe, record, thread,
+    FUTEX_CALLS, FutexCall, GIL, current, emit, field, header, now_ns, observe, record, thread,
 };
 
 /// Offset of `uaddr` in the user's `struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 __reserved; }`,
@@ -93,6 +93,13 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         t.futex_waits += 1;
         t.futex_wait_ns += waited;
         observe(&mut t.futex_hist, waited);
+        // SAFETY: a plain copy of the value.
+        if let Some(&[start, end]) = unsafe { GIL.get(tgid) }
+            && (start..end).contains(&call.uaddr)
+        {
+            t.gil_waits += 1;
+            t.gil_wait_ns += waited;
+        }
     }
     emit(EventKind::FutexWait, || FutexWait {
         header: header(EventKind::FutexWait, now),

@@ -27,6 +27,9 @@ pub static THREADS: HashMap<u32, ThreadStats> = HashMap::with_max_entries(16384,
 pub static PROCESSES: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
 
 #[map]
+pub static GIL: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(1024, 0);
+
+#[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 #[map]

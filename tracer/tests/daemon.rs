@@ -110,14 +110,11 @@ fn hostile_thread_names_are_escaped() {
         return;
     }
     let daemon = Daemon::start(&[], &[]);
-    // Kernel names are any bytes but NUL, cut to 15.
+    // Thread names are any text: Python ones become the labels of their threads.
     let script = r#"
-import ctypes, sys, threading, time
-libc = ctypes.CDLL(None)
-def named(raw):
-    libc.prctl(15, ctypes.c_char_p(raw), 0, 0, 0)
-    time.sleep(3)
-threads = [threading.Thread(target=named, args=(n,)) for n in (b'q"}\n{x="\\', b'\xff\xfeutf8?', b'a b\tc')]
+import threading, time
+names = ['q"}\n{x="\\', 'a b\tc \u202e', 'émoji-🧵-ünïcödé']
+threads = [threading.Thread(target=time.sleep, args=(3,), name=n) for n in names]
 for t in threads: t.start()
 print("ready", flush=True)
 for t in threads: t.join()
@@ -134,7 +131,7 @@ for t in threads: t.join()
     )
     .unwrap();
     assert_eq!(line.trim(), "ready");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1500));
     // `samples` parses strictly: any unescaped quote or newline would fail here.
     let samples = daemon.samples();
     let threads: Vec<&str> = find(
@@ -146,7 +143,7 @@ for t in threads: t.join()
     .map(|s| s.labels["thread"].as_str())
     .collect();
     child.wait().unwrap();
-    for expected in ["q\"}\n{x=\"\\", "\u{fffd}\u{fffd}utf8?", "a b\tc"] {
+    for expected in ["q\"}\n{x=\"\\", "a b\tc \u{202e}", "émoji-🧵-ünïcödé"] {
         assert!(
             threads.contains(&expected),
             "{expected:?} not in {threads:?}"
@@ -170,8 +167,20 @@ fn a_hundred_thousand_random_thread_names_stay_bounded() {
         .status()
         .unwrap();
     assert!(status.success());
-    std::thread::sleep(SETTLE);
-    let samples = daemon.samples();
+    // Wait until the daemon has handled every exit (a burst of 200 000 events).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let samples = loop {
+        std::thread::sleep(SETTLE);
+        let samples = daemon.samples();
+        let exited = value(
+            &samples,
+            "tracer_threads_exited_total",
+            &[("process", &process)],
+        );
+        if exited >= 100_000.0 || Instant::now() > deadline {
+            break samples;
+        }
+    };
     let after = daemon.rss_kib();
     let process = process.as_str();
     let series = find(
@@ -284,4 +293,41 @@ fn print_config_shows_the_file_under_the_flags() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading config /nonexistent.toml"));
+}
+
+#[test]
+fn python_threads_are_labelled_by_their_names_with_gil_waits() {
+    if !can_trace("python_threads_are_labelled_by_their_names_with_gil_waits") {
+        return;
+    }
+    let daemon = Daemon::start(&[], &[]);
+    let status = Command::new(python())
+        .arg(python_workload("io_vs_cpu.py"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(SETTLE);
+    let samples = daemon.samples();
+    let gil = |thread: &str| {
+        value(
+            &samples,
+            "tracer_python_gil_wait_seconds_total",
+            &[("process", "python3"), ("thread", thread)],
+        )
+    };
+    for thread in ["MainThread", "cpu-0", "cpu-1", "io-0", "io-1"] {
+        let cpu = value(
+            &samples,
+            "tracer_thread_cpu_seconds_total",
+            &[("process", "python3"), ("thread", thread)],
+        );
+        assert!(cpu > 0.0, "no series for Python thread {thread}");
+    }
+    // Two CPU-bound threads share one GIL: each waits for it while the other runs.
+    assert!(
+        gil("cpu-0") > 0.01 && gil("cpu-1") > 0.01,
+        "{} {}",
+        gil("cpu-0"),
+        gil("cpu-1")
+    );
 }

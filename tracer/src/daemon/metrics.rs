@@ -300,6 +300,18 @@ pub fn render(s: &Scrape) -> String {
             }
         }
     }
+    let python: Vec<&(String, &Values)> = series.iter().filter(|(_, v)| v.python > 0).collect();
+    if !python.is_empty() {
+        let name = "tracer_python_gil_wait_seconds_total";
+        out.header(
+            name,
+            "counter",
+            "Time blocked waiting for the CPython GIL, for threads of Python processes.",
+        );
+        for (labels, v) in python {
+            out.line(name, labels, None, Num::Seconds(v.gil_wait_ns));
+        }
+    }
     if !s.processes.is_empty() {
         let name = "tracer_runqueue_latency_seconds";
         out.header(

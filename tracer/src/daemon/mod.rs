@@ -4,6 +4,7 @@ pub mod config;
 mod http;
 pub mod metrics;
 mod notify;
+mod python;
 pub mod state;
 
 use std::{
@@ -53,6 +54,7 @@ pub struct Args {
 /// State shared by the event loop and scrapes.
 pub struct Shared {
     probes: Mutex<Probes>,
+    python: Mutex<python::PythonThreads>,
     state: Mutex<State>,
     config: RwLock<(Config, Compiled)>,
     last_scrape: Mutex<Duration>,
@@ -96,6 +98,7 @@ async fn serve(args: Args, config: Config) -> Result<()> {
         .map_err(|e| Error::io("reading the listen address", e))?;
     let shared = Arc::new(Shared {
         probes: Mutex::new(probes),
+        python: Mutex::new(python::PythonThreads::default()),
         state: Mutex::new(state),
         config: RwLock::new((config, compiled)),
         last_scrape: Mutex::new(Duration::ZERO),
@@ -103,10 +106,11 @@ async fn serve(args: Args, config: Config) -> Result<()> {
     // Signals are handled from here on: one that came between READY and the event loop
     // would otherwise end the daemon with the default action.
     let signals = Signals::new()?;
+    let poke = python::start(shared.clone());
     tokio::spawn(http::serve(listener, shared.clone()));
     notify::notify("READY=1");
     eprintln!("tracer: serving metrics at http://{listen}/metrics");
-    let result = event_loop(&args, &shared, ring, signals).await;
+    let result = event_loop(&args, &shared, ring, signals, &poke).await;
     notify::notify("STOPPING=1");
     result
 }
@@ -135,6 +139,7 @@ async fn event_loop(
     shared: &Shared,
     mut ring: RingBuf<MapData>,
     signals: Signals,
+    poke: &std::sync::mpsc::Sender<python::Poke>,
 ) -> Result<()> {
     let Signals {
         mut interrupt,
@@ -150,7 +155,7 @@ async fn event_loop(
             _ = drain.tick() => {
                 while let Some(item) = ring.next() {
                     if let Some(event) = Event::decode(&item) {
-                        apply(shared, &event, &mut exited);
+                        apply(shared, &event, &mut exited, poke);
                     }
                 }
             }
@@ -173,18 +178,31 @@ async fn event_loop(
     }
 }
 
-fn apply(shared: &Shared, event: &Event, exited: &mut Vec<(u32, Instant)>) {
+fn apply(
+    shared: &Shared,
+    event: &Event,
+    exited: &mut Vec<(u32, Instant)>,
+    poke: &std::sync::mpsc::Sender<python::Poke>,
+) {
     let now = Instant::now();
     let mut state = shared.state.lock().expect("state lock");
     match event {
-        Event::ThreadCreated(e) => state.thread_created(
-            e.tid,
-            e.tgid,
-            comm_to_string(&e.comm),
-            e.tgid == e.parent_tgid,
-            now,
-        ),
-        Event::ThreadRenamed(e) => state.thread_renamed(e.tid, comm_to_string(&e.new_comm)),
+        Event::ThreadCreated(e) => {
+            let in_process = e.tgid == e.parent_tgid;
+            state.thread_created(e.tid, e.tgid, comm_to_string(&e.comm), in_process, now);
+            // A forked process may be Python already (it inherits its parent's memory).
+            let _ = poke.send(if in_process {
+                python::Poke::Thread(e.tgid)
+            } else {
+                python::Poke::Renamed(e.tgid)
+            });
+        }
+        Event::ThreadRenamed(e) => {
+            state.thread_renamed(e.tid, comm_to_string(&e.new_comm));
+            if e.tid == e.tgid {
+                let _ = poke.send(python::Poke::Renamed(e.tgid));
+            }
+        }
         Event::ThreadExited(e) => exited.push((e.tid, now)),
         Event::Switch(_) | Event::Wakeup(_) | Event::FutexWait(_) => {}
     }
@@ -200,12 +218,16 @@ fn harvest(shared: &Shared, tids: &[u32]) {
     let config = shared.config.read().expect("config lock");
     let mut probes = shared.probes.lock().expect("probes lock");
     let mut state = shared.state.lock().expect("state lock");
+    let mut python = shared.python.lock().expect("python lock");
     for &tid in tids {
+        let tgid = state.threads.get(&tid).map(|t| t.tgid);
+        let is_python = tgid.is_some_and(|tgid| python.processes.contains(&tgid));
         let last = probes
             .thread(tid)
-            .map(|stats| Values::of_thread(&stats, now_ns));
+            .map(|stats| Values::of_thread(&stats, now_ns, is_python));
         probes.remove_thread(tid);
-        state.thread_exited(tid, last, now, &config.1);
+        let name = python.names.remove(&tid);
+        state.thread_exited(tid, last, name.as_deref(), now, &config.1);
     }
 }
 
@@ -256,9 +278,11 @@ impl Shared {
         let rules = &config.1;
         let probes = self.probes.lock().expect("probes lock");
         let mut state = self.state.lock().expect("state lock");
+        let python = self.python.lock().expect("python lock");
         let mut series: state::FastMap<state::SeriesKey, Values> = state::FastMap::default();
         probes.for_each_thread(|tid, stats| {
-            let values = Values::of_thread(stats, now_ns);
+            let is_python = python.processes.contains(&stats.tgid);
+            let values = Values::of_thread(stats, now_ns, is_python);
             // The common case: a known thread already assigned to its series.
             if let Some(key) = state.threads.get(&tid).and_then(|t| t.series.as_ref()) {
                 match series.get_mut(key) {
@@ -290,7 +314,8 @@ impl Shared {
             if !rules.exports(&process) {
                 return;
             }
-            let key = state.series_for(&process, &comm, rules);
+            let name = python.names.get(&tid).map_or(comm.as_str(), String::as_str);
+            let key = state.series_for(&process, name, rules);
             if let Some(t) = state.threads.get_mut(&tid) {
                 t.series = Some(key.clone());
             }

@@ -61,6 +61,9 @@ pub struct Values {
     pub runqueue_waits: u64,
     pub futex_waits: u64,
     pub futex_wait_ns: u64,
+    pub gil_wait_ns: u64,
+    /// Non-zero when the series has threads of a CPython process.
+    pub python: u64,
     pub runqueue_hist: [u64; HISTOGRAM_BUCKETS],
     pub futex_hist: [u64; HISTOGRAM_BUCKETS],
 }
@@ -75,6 +78,8 @@ impl Default for Values {
             runqueue_waits: 0,
             futex_waits: 0,
             futex_wait_ns: 0,
+            gil_wait_ns: 0,
+            python: 0,
             runqueue_hist: [0; HISTOGRAM_BUCKETS],
             futex_hist: [0; HISTOGRAM_BUCKETS],
         }
@@ -82,8 +87,8 @@ impl Default for Values {
 }
 
 impl Values {
-    /// A thread's values now.
-    pub fn of_thread(stats: &ThreadStats, now_ns: u64) -> Self {
+    /// A thread's values now; `python` when its process runs CPython.
+    pub fn of_thread(stats: &ThreadStats, now_ns: u64, python: bool) -> Self {
         let c = Counters::settle(stats, now_ns, true, false);
         Self {
             voluntary_switches: c.voluntary_switches,
@@ -93,6 +98,8 @@ impl Values {
             runqueue_waits: stats.runqueue_waits,
             futex_waits: c.futex_waits,
             futex_wait_ns: c.futex_wait_ns,
+            gil_wait_ns: stats.gil_wait_ns,
+            python: u64::from(python),
             runqueue_hist: stats.runqueue_hist.map(u64::from),
             futex_hist: stats.futex_hist.map(u64::from),
         }
@@ -108,6 +115,8 @@ impl Values {
             (&mut self.runqueue_waits, other.runqueue_waits),
             (&mut self.futex_waits, other.futex_waits),
             (&mut self.futex_wait_ns, other.futex_wait_ns),
+            (&mut self.gil_wait_ns, other.gil_wait_ns),
+            (&mut self.python, other.python),
         ] {
             *a = op(*a, b);
         }
@@ -214,10 +223,12 @@ impl State {
     }
 
     /// Retires a thread that exited, with its final values (when the kernel map had them).
+    /// `name`, when known, is the thread's name beyond the kernel's (its Python name).
     pub fn thread_exited(
         &mut self,
         tid: u32,
         last: Option<Values>,
+        name: Option<&str>,
         now: Instant,
         rules: &Compiled,
     ) {
@@ -234,7 +245,7 @@ impl State {
         if let Some(values) = last {
             let key = match thread.series {
                 Some(key) => key,
-                None => self.series_for(&process, &thread.comm, rules),
+                None => self.series_for(&process, name.unwrap_or(&thread.comm), rules),
             };
             let entry = self
                 .retired
@@ -374,7 +385,7 @@ mod tests {
         state.finish_scrape(&mut live);
         assert_eq!(live[&key].voluntary_switches, 5);
         // It exits with 6; scrape 2 shows no live thread but the series keeps 6.
-        state.thread_exited(11, Some(values(6)), now, &rules);
+        state.thread_exited(11, Some(values(6)), None, now, &rules);
         let mut live = FastMap::default();
         state.finish_scrape(&mut live);
         assert_eq!(live[&key].voluntary_switches, 6);
@@ -408,7 +419,7 @@ mod tests {
         state.thread_created(21, 20, "old".into(), true, start);
         let key = state.series_for("app", "old", &rules);
         state.threads.get_mut(&21).unwrap().series = Some(key);
-        state.thread_exited(21, Some(values(1)), start, &rules);
+        state.thread_exited(21, Some(values(1)), None, start, &rules);
         assert_eq!(state.series_for("app", "new", &rules).thread, OTHER);
         state.expire(start + Duration::from_secs(11), Duration::from_secs(10));
         assert_eq!(state.retired_series(), 0);

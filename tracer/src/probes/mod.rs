@@ -193,6 +193,17 @@ impl Probes {
         }
     }
 
+    /// Sets (or with `None` forgets) the CPython GIL's address range of process `tgid`: its
+    /// threads' futex waits there are counted as GIL waits.
+    pub fn set_gil(&mut self, tgid: u32, range: Option<std::ops::Range<u64>>) {
+        if let Ok(mut gil) = self.map_mut::<HashMap<_, u32, [u64; 2]>>(names::GIL) {
+            let _ = match range {
+                Some(r) => gil.insert(tgid, [r.start, r.end], 0),
+                None => gil.remove(&tgid),
+            };
+        }
+    }
+
     /// Forgets thread `tid` in the kernel map (after it exited and was accounted for).
     pub fn remove_thread(&mut self, tid: u32) {
         if let Ok(mut threads) = self.map_mut::<HashMap<_, u32, ThreadStats>>(names::THREADS) {

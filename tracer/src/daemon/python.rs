@@ -1,0 +1,142 @@
+//! CPython processes seen by the daemon: their GIL, whose futex waits the kernel side counts
+//! as GIL waits, and their `threading` names, used as thread labels.
+//!
+//! A thread of its own attaches to each process once (when it appears or execs) and then
+//! rereads the names of the Python processes whenever one of them starts a thread, and every
+//! second; event handling never waits for it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::{
+        Arc,
+        mpsc::{Receiver, RecvTimeoutError, Sender},
+    },
+    time::Duration,
+};
+
+use super::Shared;
+use crate::python::Interpreter;
+
+/// What the daemon knows of Python processes, for scrapes.
+#[derive(Debug, Default)]
+pub struct PythonThreads {
+    /// `threading` name by thread id.
+    pub names: HashMap<u32, String>,
+    /// Thread groups that run CPython.
+    pub processes: HashSet<u32>,
+}
+
+/// How often known Python processes' names are reread without a reason.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Why the scanner should look at a process.
+#[derive(Clone, Copy, Debug)]
+pub enum Poke {
+    /// It started a thread.
+    Thread(u32),
+    /// It was renamed by `exec` (or otherwise): it may have become a Python program.
+    Renamed(u32),
+}
+
+/// Starts the scanner; it looks at the processes it is poked about.
+pub fn start(shared: Arc<Shared>) -> Sender<Poke> {
+    let (poke, pokes) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("tracer-python".into())
+        .spawn(move || scan(&shared, &pokes));
+    poke
+}
+
+fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
+    let mut interpreters: HashMap<u32, Interpreter> = HashMap::new();
+    // When each process was last tried without success: one that was not Python (or not
+    // ready) is tried again when it starts a thread, at most once a second.
+    let mut tried: HashMap<u32, std::time::Instant> = HashMap::new();
+    let mut not_python: HashSet<(PathBuf, u64)> = HashSet::new();
+    let mut first = true;
+    loop {
+        let mut due: HashSet<u32> = HashSet::new();
+        if first {
+            first = false;
+            due.extend(
+                shared
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .process_names
+                    .keys()
+                    .copied(),
+            );
+        } else {
+            match pokes.recv_timeout(REFRESH) {
+                Ok(first_poke) => {
+                    // Let a burst of thread starts settle, and take every poke of it.
+                    std::thread::sleep(Duration::from_millis(20));
+                    for poke in std::iter::once(first_poke).chain(pokes.try_iter()) {
+                        match poke {
+                            Poke::Thread(tgid) => due.insert(tgid),
+                            Poke::Renamed(tgid) => {
+                                tried.remove(&tgid);
+                                due.insert(tgid)
+                            }
+                        };
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        for tgid in due {
+            let recently = tried.get(&tgid).is_some_and(|at| at.elapsed() < REFRESH);
+            if interpreters.contains_key(&tgid) || recently {
+                continue;
+            }
+            tried.insert(tgid, std::time::Instant::now());
+            if let Ok(Some(interpreter)) = Interpreter::attach_excluding(tgid, &mut not_python) {
+                interpreters.insert(tgid, interpreter);
+            }
+        }
+        let mut names = HashMap::new();
+        interpreters.retain(|&tgid, interpreter| match interpreter.thread_names() {
+            Ok(found) => {
+                names.extend(found);
+                if let Some(gil) = interpreter.gil_range() {
+                    shared
+                        .probes
+                        .lock()
+                        .expect("probes lock")
+                        .set_gil(tgid, Some(gil));
+                }
+                true
+            }
+            Err(_) if !std::path::Path::new(&format!("/proc/{tgid}")).exists() => {
+                shared
+                    .probes
+                    .lock()
+                    .expect("probes lock")
+                    .set_gil(tgid, None);
+                false
+            }
+            // A passing failure (the process was busy changing what was read): keep it.
+            Err(_) => true,
+        });
+        tried.retain(|tgid, _| std::path::Path::new(&format!("/proc/{tgid}")).exists());
+        // Names and processes stay known until the daemon has retired their threads, which
+        // can be after the process is gone.
+        let (live_threads, live_processes): (HashSet<u32>, HashSet<u32>) = {
+            let state = shared.state.lock().expect("state lock");
+            (
+                state.threads.keys().copied().collect(),
+                state.threads.values().map(|t| t.tgid).collect(),
+            )
+        };
+        let mut python = shared.python.lock().expect("python lock");
+        python.names.retain(|tid, _| live_threads.contains(tid));
+        python.names.extend(names);
+        python
+            .processes
+            .retain(|tgid| live_processes.contains(tgid));
+        python.processes.extend(interpreters.keys().copied());
+    }
+}
