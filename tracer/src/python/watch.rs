@@ -127,6 +127,10 @@ impl Worker {
     }
 
     fn run(mut self, receiver: &mpsc::Receiver<Message>) -> Outcome {
+        // Readings take a CPU only when no other thread wants it, so that they do not
+        // preempt the traced threads; the last one, which the end of the capture waits for,
+        // runs at the normal priority.
+        set_idle_priority(true);
         self.read();
         let mut due: Option<Instant> = None;
         let mut periodic = Instant::now() + PERIOD;
@@ -144,6 +148,7 @@ impl Worker {
                     due = Some(soonest(due, Instant::now() + self.after(SETTLE)));
                 }
                 Ok(Message::Finish) | Err(RecvTimeoutError::Disconnected) => {
+                    set_idle_priority(false);
                     self.read();
                     return self.outcome;
                 }
@@ -164,8 +169,13 @@ impl Worker {
         }
     }
 
-    /// When to look again for threads created but not named yet.
+    /// When to look again for threads created but not named yet: never in a process that
+    /// is not (yet) a Python one, whose threads have no Python name to wait for.
     fn next_retry(&mut self, now: Instant) -> Option<Instant> {
+        if self.interpreter.is_none() {
+            self.pending.clear();
+            return None;
+        }
         let names = &self.outcome.names;
         self.pending.retain(|tid, tries| {
             *tries += 1;
@@ -235,6 +245,19 @@ impl Worker {
             self.outcome.last_error = Some(error.to_string());
         }
     }
+}
+
+/// Puts the calling thread in the `SCHED_IDLE` class, or back in the normal one; failures
+/// leave it as it is.
+fn set_idle_priority(idle: bool) {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    // SAFETY: pid 0 is the calling thread; `param` is valid for the call.
+    unsafe { libc::sched_setscheduler(0, policy, &param) };
 }
 
 fn soonest(current: Option<Instant>, candidate: Instant) -> Instant {
