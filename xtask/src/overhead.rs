@@ -185,7 +185,7 @@ const BENCHES: [Bench; 4] = [
     },
     Bench {
         title: "`perf bench futex wake`",
-        command: &["perf", "bench", "futex", "wake", "-t", "64", "-r", "20"],
+        command: &["perf", "bench", "futex", "wake", "-t", "64"],
         score: futex_wake_rate,
     },
     Bench {
@@ -222,12 +222,28 @@ fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
     );
     for bench in &BENCHES {
         let mut scores: Vec<Vec<f64>> = vec![Vec::new(); Tracer::ALL.len()];
-        for _ in 0..ROUNDS {
+        let mut failure = None;
+        'rounds: for _ in 0..ROUNDS {
             for (i, &tracer) in Tracer::ALL.iter().enumerate() {
                 let running = start(root, tracer, scratch)?;
-                scores[i].push(run_bench(bench)?);
+                match run_bench(bench) {
+                    Ok(score) => scores[i].push(score),
+                    Err(e) => {
+                        failure = Some(e);
+                        break 'rounds;
+                    }
+                }
                 drop(running);
             }
+        }
+        if let Some(e) = failure {
+            let _ = writeln!(
+                text,
+                "| {} | could not run: {} |",
+                bench.title,
+                e.to_string().lines().next().unwrap_or("")
+            );
+            continue;
         }
         let untraced = median(&mut scores[0].clone());
         let _ = write!(text, "| {} | {untraced:.0} |", bench.title);
