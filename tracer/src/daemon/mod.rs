@@ -27,7 +27,7 @@ use crate::{
     capture::{comm_to_string, events::Event},
     error::{Error, Result},
     kernel::{monotonic_ns, privileges, procfs},
-    probes::{self, Options, Probes},
+    probes::{Options, Probes},
 };
 
 /// Lifecycle events only: scheduling and futex activity is aggregated in the kernel.
@@ -40,6 +40,10 @@ const STREAMED: [EventKind; 3] = [
 /// How long an exited thread stays in the kernel map before its last counts are read, so
 /// that its final switch is in them.
 const HARVEST_DELAY: Duration = Duration::from_millis(200);
+/// How often the daemon drains its (lifecycle-only, so sparse) ring buffer; the programs
+/// wake it sooner when the buffer fills.
+const LIFECYCLE_DRAIN: Duration = Duration::from_millis(250);
+
 /// How often threads that exited unseen (lost events) are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -146,7 +150,7 @@ async fn event_loop(
         mut terminate,
         mut hangup,
     } = signals;
-    let mut drain = tokio::time::interval(probes::DRAIN_INTERVAL);
+    let mut drain = tokio::time::interval(LIFECYCLE_DRAIN);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut last_sweep = Instant::now();
     let mut exited: Vec<(u32, Instant)> = Vec::new();
