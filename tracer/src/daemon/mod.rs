@@ -162,12 +162,15 @@ async fn event_loop(
                         apply(shared, &event, &mut exited, poke);
                     }
                 }
-            }
-            _ = housekeeping.tick() => {
+                // Exited threads leave the kernel map promptly: under heavy thread churn
+                // their entries would otherwise crowd out new threads.
                 let now = Instant::now();
                 let due: Vec<u32> = exited.iter().filter(|(_, at)| now.duration_since(*at) >= HARVEST_DELAY).map(|(tid, _)| *tid).collect();
                 exited.retain(|(_, at)| now.duration_since(*at) < HARVEST_DELAY);
                 harvest(shared, &due);
+            }
+            _ = housekeeping.tick() => {
+                let now = Instant::now();
                 if now.duration_since(last_sweep) >= SWEEP_INTERVAL {
                     last_sweep = now;
                     sweep(shared);
