@@ -3,7 +3,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
     event::{COMM_LEN, EventKind, ThreadCreated, ThreadExited, ThreadRenamed},
-    thread::{BORN_TRACED, state},
+    thread::{BORN_TRACED, Snapshot, state},
 };
 
 use crate::maps::{
@@ -90,6 +90,24 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     }
     t.state = state::EXITED;
     t.since_ns = now;
+    // Switches the probes never saw (a program of this CPU was preempted mid-run, and the
+    // kernel skips every other one there until it resumes) leave the derived tail wrong: the
+    // kernel's own counters, read now, take its place. CPU time is then as of the kernel's
+    // last accounting of this thread, at most a tick ago.
+    if let Some(kernel) = crate::sched::task_counts()
+        && (t.snapshots > 0 || t.flags & BORN_TRACED != 0)
+        && kernel.voluntary_switches + kernel.involuntary_switches
+            != t.last.kernel.voluntary_switches + t.last.kernel.involuntary_switches
+    {
+        t.last = Snapshot {
+            kernel,
+            derived: t.derived(),
+        };
+        if t.snapshots == 0 {
+            t.first = t.last;
+        }
+        t.snapshots += 1;
+    }
     // SAFETY: an all-zero byte array is a valid comm when the helper fails.
     let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     emit(EventKind::ThreadExited, || ThreadExited {

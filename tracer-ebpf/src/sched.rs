@@ -140,7 +140,7 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
 
 /// The kernel's counters of the current task, when their offsets are known.
 #[inline(always)]
-fn task_counts() -> Option<Counts> {
+pub(crate) fn task_counts() -> Option<Counts> {
     if field!(task_counters) == 0 {
         return None;
     }
