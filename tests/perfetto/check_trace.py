@@ -227,19 +227,27 @@ def check_full(trace, truth, summary, form, problems, report):
             problems.append("%s: %d sched_switch out, the summary counts %d" % (who, outs[tid], counted))
 
         # Perfetto derives Runnable from sched_waking: every return to a CPU after a sleep
-        # must follow one.
+        # must follow one. The kernel traces a waking only for a thread already in a sleeping
+        # state, and a waker on another CPU may get there while the thread is still switching
+        # out: a waking seen while the thread is on a CPU ends the sleep it is entering.
         asleep = False
+        on_cpu = False
+        woken_early = False
         unwoken = 0
         wakers = Counter()
         for ts, kind, value in sorted(timeline[tid], key=lambda x: x[0]):
             if kind == "out":
-                asleep = value in SLEEPING
+                asleep = value in SLEEPING and not woken_early
+                on_cpu = woken_early = False
             elif kind == "waking":
+                if on_cpu:
+                    woken_early = True
                 asleep = False
                 wakers[value] += 1
             elif kind == "in":
                 unwoken += asleep
                 asleep = False
+                on_cpu = True
         if unwoken > 1:
             problems.append("%s: %d switches in after a sleep without a sched_waking" % (who, unwoken))
 

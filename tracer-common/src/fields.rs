@@ -1,31 +1,15 @@
 //! Configuration handed to the eBPF programs at load time as read-only globals.
 
-/// Byte offsets of the tracepoint fields the programs read, taken at load time from
-/// `/sys/kernel/tracing/events/*/*/format` so that no kernel layout is compiled in.
+/// Where the programs find what they read, taken at load time from this kernel's
+/// `/sys/kernel/tracing/events/*/*/format` files and its BTF, so that no layout is compiled in.
+///
+/// The scheduler and task programs are BTF tracepoints: they get the tracepoint's arguments
+/// (`task_struct` pointers) and read the tasks at these offsets. The futex programs are
+/// syscall tracepoints and read their records at the `futex_*`/`waitv_*`/`sys_exit_ret`
+/// offsets.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Fields {
-    /// `sched/sched_switch`.
-    pub switch_prev_pid: u32,
-    pub switch_prev_prio: u32,
-    pub switch_prev_state: u32,
-    pub switch_next_pid: u32,
-    pub switch_next_prio: u32,
-    /// `sched/sched_wakeup`, `sched/sched_wakeup_new` and `sched/sched_waking` (same layout).
-    pub wakeup_pid: u32,
-    pub wakeup_prio: u32,
-    pub wakeup_target_cpu: u32,
-    /// `task/task_newtask`.
-    pub newtask_pid: u32,
-    pub newtask_comm: u32,
-    pub newtask_clone_flags: u32,
-    /// `task/task_rename`.
-    pub rename_pid: u32,
-    pub rename_oldcomm: u32,
-    pub rename_newcomm: u32,
-    /// `sched/sched_process_exit`.
-    pub exit_pid: u32,
-    pub exit_group_dead: u32,
     /// `syscalls/sys_enter_futex`.
     pub futex_uaddr: u32,
     pub futex_op: u32,
@@ -34,21 +18,23 @@ pub struct Fields {
     pub waitv_nr_futexes: u32,
     /// `syscalls/sys_exit_futex` and `syscalls/sys_exit_futex_waitv`.
     pub sys_exit_ret: u32,
-    pub _pad: u32,
-    /// Bit set in `sched_switch.prev_state` when the switch was a preemption
+    /// Non-zero when `sched_process_exit` passes `group_dead` as its second argument.
+    pub exit_group_dead: u32,
+    /// Bit that `sched_switch` reports in `prev_state` for a preemption
     /// (the kernel's `TASK_REPORT_MAX`).
     pub switch_preempt_bit: u64,
-    /// Mask of the task state bits in `sched_switch.prev_state`; zero under it means runnable.
-    pub switch_state_mask: u64,
-    /// Offsets in `struct task_struct` of the kernel's own per-thread counters (from BTF):
-    /// `nvcsw`, `nivcsw`, `se.sum_exec_runtime`, `sched_info.run_delay`.
+    /// Offsets in `struct task_struct`: `pid` (directly followed by `tgid`), `prio`, `comm`,
+    /// `exit_state`, and the CPU it last ran on (`thread_info.cpu` or `cpu`).
+    pub task_pid: u32,
+    pub task_prio: u32,
+    pub task_comm: u32,
+    pub task_exit_state: u32,
+    pub task_cpu: u32,
+    /// The kernel's own per-thread counters: `nvcsw` (directly followed by `nivcsw`),
+    /// `se.sum_exec_runtime`, `sched_info.run_delay`.
     pub task_nvcsw: u32,
-    pub task_nivcsw: u32,
     pub task_sum_exec_runtime: u32,
     pub task_run_delay: u32,
-    /// Non-zero when the `task_*` offsets are known (the kernel has BTF).
-    pub task_counters: u32,
-    pub _pad2: u32,
 }
 
 /// What the programs trace.
@@ -66,36 +52,21 @@ pub struct Settings {
 impl Fields {
     /// All offsets zero: the placeholder compiled into the programs, replaced at load time.
     pub const UNSET: Self = Self {
-        switch_prev_pid: 0,
-        switch_prev_prio: 0,
-        switch_prev_state: 0,
-        switch_next_pid: 0,
-        switch_next_prio: 0,
-        wakeup_pid: 0,
-        wakeup_prio: 0,
-        wakeup_target_cpu: 0,
-        newtask_pid: 0,
-        newtask_comm: 0,
-        newtask_clone_flags: 0,
-        rename_pid: 0,
-        rename_oldcomm: 0,
-        rename_newcomm: 0,
-        exit_pid: 0,
-        exit_group_dead: 0,
         futex_uaddr: 0,
         futex_op: 0,
         waitv_waiters: 0,
         waitv_nr_futexes: 0,
         sys_exit_ret: 0,
-        _pad: 0,
+        exit_group_dead: 0,
         switch_preempt_bit: 0,
-        switch_state_mask: 0,
+        task_pid: 0,
+        task_prio: 0,
+        task_comm: 0,
+        task_exit_state: 0,
+        task_cpu: 0,
         task_nvcsw: 0,
-        task_nivcsw: 0,
         task_sum_exec_runtime: 0,
         task_run_delay: 0,
-        task_counters: 0,
-        _pad2: 0,
     };
 }
 

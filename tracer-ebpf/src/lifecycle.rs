@@ -1,52 +1,48 @@
-//! Thread lifecycle tracepoints: `task_newtask`, `sched_process_exit`, `task_rename`.
+//! Thread lifecycle tracepoints: `task_newtask`, `sched_process_exit`, `task_rename`, all
+//! BTF tracepoints like the scheduler's (see `sched.rs`).
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel_str_bytes, macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
 use tracer_common::{
     event::{COMM_LEN, EventKind, ThreadCreated, ThreadExited, ThreadRenamed},
     thread::{BORN_TRACED, Snapshot, state},
 };
 
 use crate::maps::{
-    FUTEX_CALLS, PROCESSES, current, emit, fields, header, insert_thread, now_ns, settings, thread,
+    FUTEX_CALLS, PROCESSES, Task, current, emit, field, header, insert_thread, now_ns, settings,
+    thread,
 };
 
-/// `CLONE_THREAD`: the new task joins its creator's thread group.
-const CLONE_THREAD: u64 = 0x0001_0000;
-
-#[tracepoint]
-pub fn task_newtask(ctx: TracePointContext) -> u32 {
+/// `task_newtask(struct task_struct *task, unsigned long clone_flags)`, in the creator's
+/// context; user space checks these shapes in the kernel's BTF.
+#[btf_tracepoint(function = "task_newtask")]
+pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
     let _ = try_task_newtask(&ctx);
     0
 }
 
-#[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+/// `sched_process_exit(struct task_struct *p[, bool group_dead])`, in the exiting thread.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     let _ = try_sched_process_exit(&ctx);
     0
 }
 
-#[tracepoint]
-pub fn task_rename(ctx: TracePointContext) -> u32 {
+/// `task_rename(struct task_struct *task, const char *comm)`, before the name changes.
+#[btf_tracepoint(function = "task_rename")]
+pub fn task_rename(ctx: BtfTracePointContext) -> i32 {
     let _ = try_task_rename(&ctx);
     0
 }
 
-fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
-    let f = fields();
-    // SAFETY: offsets come from the tracepoint's own format file.
-    let (tid, clone_flags, comm) = unsafe {
-        (
-            ctx.read_at::<i32>(f.newtask_pid as usize)? as u32,
-            ctx.read_at::<u64>(f.newtask_clone_flags as usize)?,
-            ctx.read_at::<[u8; COMM_LEN]>(f.newtask_comm as usize)?,
-        )
-    };
+fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let task = Task(ctx.arg::<u64>(0) as usize);
+    let clone_flags = ctx.arg::<u64>(1);
+    // The new task's ids are set by now: its creator's thread group for `CLONE_THREAD`.
+    let (tid, tgid) = task.ids();
     let (parent_tid, parent_tgid) = current();
-    let tgid = if clone_flags & CLONE_THREAD != 0 {
-        parent_tgid
-    } else {
-        tid
-    };
     let now = now_ns();
     if settings().filtered != 0 {
         // A capture follows the threads of its target processes only.
@@ -63,19 +59,19 @@ fn try_task_newtask(ctx: &TracePointContext) -> Result<(), i32> {
         parent_tid,
         parent_tgid,
         clone_flags,
-        comm,
+        comm: task.comm(),
     });
     Ok(())
 }
 
-fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    let f = fields();
-    // SAFETY: offsets come from the tracepoint's own format file.
-    let (tid, group_dead) = unsafe {
-        (
-            ctx.read_at::<i32>(f.exit_pid as usize)? as u32,
-            ctx.read_at::<u8>(f.exit_group_dead as usize)?,
-        )
+fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let task = Task(ctx.arg::<u64>(0) as usize);
+    let (tid, _) = task.ids();
+    // A read-only global: the verifier drops the argument read on kernels without it.
+    let group_dead = if field!(exit_group_dead) != 0 {
+        ctx.arg::<u64>(1) & 1
+    } else {
+        0
     };
     // A thread killed inside a futex wait never returns from it.
     let _ = FUTEX_CALLS.remove(tid);
@@ -90,63 +86,53 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     }
     t.state = state::EXITED;
     t.since_ns = now;
-    // Switches the probes never saw (a program of this CPU was preempted mid-run, and the
-    // kernel skips every other one there until it resumes) leave the derived tail wrong: the
-    // kernel's own counters, read now, take its place. CPU time is then as of the kernel's
-    // last accounting of this thread, at most a tick ago.
-    if let Some(kernel) = crate::sched::task_counts()
-        && (t.snapshots > 0 || t.flags & BORN_TRACED != 0)
-        && kernel.voluntary_switches + kernel.involuntary_switches
-            != t.last.kernel.voluntary_switches + t.last.kernel.involuntary_switches
-    {
-        t.last = Snapshot {
-            kernel,
-            derived: t.derived(),
-        };
-        if t.snapshots == 0 {
-            t.first = t.last;
-        }
-        t.snapshots += 1;
+    // The thread's counters end as the kernel's own at this moment, which is what `/proc`
+    // shows for it now. Time derived from events since the last switch would also count
+    // time the hypervisor ran something else on this virtual CPU ("steal"), which the
+    // kernel leaves out of a thread's CPU time; CPU time is as of the kernel's last
+    // accounting of this thread, at most a tick ago.
+    t.last = Snapshot {
+        kernel: crate::sched::task_counts(),
+        derived: t.derived(),
+    };
+    if t.snapshots == 0 {
+        t.first = t.last;
     }
-    // SAFETY: an all-zero byte array is a valid comm when the helper fails.
-    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    t.snapshots += 1;
     emit(EventKind::ThreadExited, || ThreadExited {
         header: header(EventKind::ThreadExited, now),
         tid,
         tgid,
         group_dead: group_dead as u32,
         _pad: 0,
-        comm,
+        comm: task.comm(),
     });
     Ok(())
 }
 
-fn try_task_rename(ctx: &TracePointContext) -> Result<(), i32> {
-    let f = fields();
-    // SAFETY: offsets come from the tracepoint's own format file.
-    let (tid, old_comm, new_comm) = unsafe {
-        (
-            ctx.read_at::<i32>(f.rename_pid as usize)? as u32,
-            ctx.read_at::<[u8; COMM_LEN]>(f.rename_oldcomm as usize)?,
-            ctx.read_at::<[u8; COMM_LEN]>(f.rename_newcomm as usize)?,
-        )
-    };
-    let now = now_ns();
+fn try_task_rename(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let task = Task(ctx.arg::<u64>(0) as usize);
+    let new_name = ctx.arg::<u64>(1);
     // The writer is not always the renamed thread (`/proc/PID/task/TID/comm`).
-    let (writer_tid, writer_tgid) = current();
-    let known_tgid = if writer_tid == tid { writer_tgid } else { 0 };
-    let Some(t) = thread(tid, known_tgid, now) else {
+    let (tid, tgid) = task.ids();
+    let now = now_ns();
+    if thread(tid, tgid, now).is_none() {
         return Ok(());
-    };
-    let tgid = t.tgid;
-    emit(EventKind::ThreadRenamed, || ThreadRenamed {
-        header: header(EventKind::ThreadRenamed, now),
-        tid,
-        tgid,
-        writer_tid,
-        _pad: 0,
-        old_comm,
-        new_comm,
+    }
+    let (writer_tid, _) = current();
+    emit(EventKind::ThreadRenamed, || {
+        let mut new_comm = [0u8; COMM_LEN];
+        // SAFETY: a checked read of the kernel's new name; a fault leaves it empty.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(new_name as *const u8, &mut new_comm) };
+        ThreadRenamed {
+            header: header(EventKind::ThreadRenamed, now),
+            tid,
+            tgid,
+            writer_tid,
+            _pad: 0,
+            old_comm: task.comm(),
+            new_comm,
+        }
     });
     Ok(())
 }

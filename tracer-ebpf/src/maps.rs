@@ -2,17 +2,19 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    event::{EventKind, Header},
+    event::{COMM_LEN, EventKind, Header},
     fields::{Fields, Settings},
     thread::{ThreadStats, histogram_bucket, state},
 };
 
-/// Tracepoint field offsets, set by user space at load time.
+/// Tracepoint field and `task_struct` offsets, set by user space at load time.
 #[unsafe(no_mangle)]
 pub static FIELDS: Fields = Fields::UNSET;
 
@@ -42,9 +44,7 @@ static NEW_THREAD: PerCpuArray<ThreadStats> = PerCpuArray::with_max_entries(1, 0
 /// One field of [`FIELDS`], read on its own rather than copying the whole struct.
 macro_rules! field {
     ($name:ident) => {
-        // SAFETY: a plain read of a global that user space sets before loading; the
-        // volatile read keeps the compiler from folding in the placeholder.
-        unsafe { core::ptr::read_volatile(&raw const $crate::maps::FIELDS.$name) }
+        $crate::maps::global(&raw const $crate::maps::FIELDS.$name)
     };
 }
 pub(crate) use field;
@@ -65,16 +65,69 @@ pub unsafe fn record<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, offse
     }
 }
 
+/// A `T` at `offset` in the kernel object at `base` (zero if the read fails).
+///
+/// # Safety
+/// An all-zero `T` must be valid.
 #[inline(always)]
-pub fn fields() -> Fields {
-    // SAFETY: a plain read of a global that user space rewrites before loading; the volatile
-    // read keeps the compiler from folding in the placeholder.
-    unsafe { core::ptr::read_volatile(&FIELDS) }
+pub unsafe fn kernel<T: Copy>(base: usize, offset: u32) -> T {
+    // SAFETY: a checked read of kernel memory; the caller guarantees zero is a valid `T`.
+    unsafe {
+        bpf_probe_read_kernel((base + offset as usize) as *const T).unwrap_or(core::mem::zeroed())
+    }
+}
+
+/// A task, as a `task_struct` pointer from a BTF tracepoint argument or the current task.
+#[derive(Clone, Copy)]
+pub struct Task(pub usize);
+
+impl Task {
+    /// `(tid, tgid)`: the kernel's `pid` and `tgid`.
+    #[inline(always)]
+    pub fn ids(self) -> (u32, u32) {
+        // SAFETY: user space checked that `tgid` directly follows `pid`.
+        let [tid, tgid] = unsafe { kernel::<[u32; 2]>(self.0, field!(task_pid)) };
+        (tid, tgid)
+    }
+
+    #[inline(always)]
+    pub fn prio(self) -> i32 {
+        // SAFETY: zero is a valid `i32`.
+        unsafe { kernel(self.0, field!(task_prio)) }
+    }
+
+    /// The CPU the task is on, or is queued for.
+    #[inline(always)]
+    pub fn cpu(self) -> u32 {
+        // SAFETY: zero is a valid `u32`.
+        unsafe { kernel(self.0, field!(task_cpu)) }
+    }
+
+    #[inline(always)]
+    pub fn comm(self) -> [u8; COMM_LEN] {
+        // SAFETY: zero bytes are a valid name.
+        unsafe { kernel(self.0, field!(task_comm)) }
+    }
+
+    #[inline(always)]
+    pub fn exit_state(self) -> u32 {
+        // SAFETY: zero is a valid `u32`.
+        unsafe { kernel(self.0, field!(task_exit_state)) }
+    }
+}
+
+/// Reads a global that user space sets before loading; the volatile read keeps the compiler
+/// from folding in the placeholder.
+#[inline(always)]
+pub fn global<T: Copy>(global: *const T) -> T {
+    // SAFETY: only called with pointers to this object's immutable statics.
+    unsafe { core::ptr::read_volatile(global) }
 }
 
 #[inline(always)]
 pub fn settings() -> Settings {
-    // SAFETY: as in `fields`.
+    // SAFETY: a plain read of a global that user space rewrites before loading; the volatile
+    // read keeps the compiler from folding in the placeholder.
     unsafe { core::ptr::read_volatile(&SETTINGS) }
 }
 

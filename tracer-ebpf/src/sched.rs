@@ -3,50 +3,58 @@
 //! A thread moves between three states: on a CPU, queued (runnable, waiting for a CPU) and
 //! blocked. Time in each is charged when the thread leaves it; the kernel counts a switch as
 //! voluntary exactly when the thread left the CPU in a sleeping state without being preempted.
+//!
+//! These are BTF tracepoints (`tp_btf`): they get the scheduler's own arguments, with no trace
+//! record built for them, and the kernel guards each program against recursion on its own. A
+//! classic tracepoint program is skipped whenever any other one is running on its CPU, and
+//! syscall tracepoint programs can be preempted: every switch on that CPU would go unseen.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::bpf_get_current_task, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use tracer_common::{
     event::{EventKind, Switch, Wakeup},
     thread::{BORN_TRACED, Counts, Snapshot, state},
 };
 
-use crate::maps::{current, emit, field, header, now_ns, observe, record, settings, thread};
+use crate::maps::{Task, current, emit, field, header, kernel, now_ns, observe, settings, thread};
 
-#[tracepoint]
-pub fn sched_switch(ctx: TracePointContext) -> u32 {
+/// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+/// unsigned int prev_state)`; user space checks this shape in the kernel's BTF.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let _ = try_sched_switch(&ctx);
     0
 }
 
-#[tracepoint]
-pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
-    let _ = try_sched_wakeup(&ctx, false);
+/// `sched_wakeup(struct task_struct *p)`.
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_sched_wakeup(&ctx, EventKind::Wakeup, false);
     0
 }
 
-#[tracepoint]
-pub fn sched_wakeup_new(ctx: TracePointContext) -> u32 {
-    let _ = try_sched_wakeup(&ctx, true);
+/// `sched_wakeup_new(struct task_struct *p)`.
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_sched_wakeup(&ctx, EventKind::Wakeup, true);
     0
 }
 
-/// Streams who woke a traced thread; the state moves on `sched_wakeup`.
-#[tracepoint]
-pub fn sched_waking(ctx: TracePointContext) -> u32 {
-    let _ = try_sched_waking(&ctx);
+/// `sched_waking(struct task_struct *p)`: streams who woke a traced thread; the state moves
+/// on `sched_wakeup`.
+#[btf_tracepoint(function = "sched_waking")]
+pub fn sched_waking(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_sched_wakeup(&ctx, EventKind::Waking, false);
     0
 }
 
-fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // The previous thread is the current one: its ids need no read. Nothing else is read
     // until one of the two threads turns out to be traced.
     let (prev_tid, prev_tgid) = current();
-    // SAFETY: offsets come from the tracepoint's own format file.
-    let next_tid = unsafe { record::<i32>(ctx, field!(switch_next_pid)) } as u32;
+    let next_task = Task(ctx.arg::<u64>(2) as usize);
+    let (next_tid, next_tgid) = next_task.ids();
     let now = now_ns();
     let prev = if prev_tid == 0 {
         None
@@ -56,19 +64,18 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
     let next = if next_tid == 0 {
         None
     } else {
-        thread(next_tid, 0, now)
+        thread(next_tid, next_tgid, now)
     };
     // `black_box` keeps the optimiser from testing both pointers at once (`prev | next`),
     // which the verifier rejects.
     if !core::hint::black_box(prev.is_some()) && next.is_none() {
         return Ok(());
     }
-    // SAFETY: as above.
-    let prev_state = unsafe { record::<u64>(ctx, field!(switch_prev_state)) };
+    let preempt = ctx.arg::<u64>(0) & 1 != 0;
+    let prev_state = ctx.arg::<u64>(3) & 0xffff_ffff;
     // `__schedule` counts `nvcsw` when the task was not preempted and its state was not
-    // TASK_RUNNING; the tracepoint reports preemption as the `TASK_REPORT_MAX` bit.
-    let mut voluntary =
-        prev_state & field!(switch_preempt_bit) == 0 && prev_state & field!(switch_state_mask) != 0;
+    // TASK_RUNNING.
+    let mut voluntary = !preempt && prev_state != 0;
 
     // An exited thread's last switches are streamed (they end its time on a CPU), not counted.
     if let Some(t) = prev
@@ -77,10 +84,8 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
         t.tgid = prev_tgid;
         let kernel = task_counts();
         // With a known starting point, the kernel's own count says which kind this switch was
-        // (it tells a sleep cut short by a signal, which the tracepoint shows as running).
-        if let Some(kernel) = kernel
-            && (t.snapshots > 0 || t.flags & BORN_TRACED != 0)
-        {
+        // (it tells a sleep cut short by a signal, which the argument shows as running).
+        if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
             voluntary = kernel.voluntary_switches > t.last.kernel.voluntary_switches;
         }
         if t.state == state::ON_CPU || t.state == state::UNKNOWN {
@@ -94,150 +99,124 @@ fn try_sched_switch(ctx: &TracePointContext) -> Result<(), i32> {
             t.state = state::QUEUED;
         }
         t.since_ns = now;
-        if let Some(kernel) = kernel {
-            t.last = Snapshot {
-                kernel,
-                derived: t.derived(),
-            };
-            if t.snapshots == 0 {
-                t.first = t.last;
-            }
-            t.snapshots += 1;
+        t.last = Snapshot {
+            kernel,
+            derived: t.derived(),
+        };
+        if t.snapshots == 0 {
+            t.first = t.last;
         }
+        t.snapshots += 1;
     }
 
-    let mut next_tgid = 0;
-    if let Some(t) = next {
-        next_tgid = t.tgid;
-        if t.state != state::EXITED {
-            if t.state == state::QUEUED || t.state == state::UNKNOWN {
-                let waited = now.saturating_sub(t.since_ns);
-                t.runqueue_wait_ns += waited;
-                t.runqueue_waits += 1;
-                observe(&mut t.runqueue_hist, waited);
-            }
-            t.state = state::ON_CPU;
-            t.since_ns = now;
+    if let Some(t) = next
+        && t.state != state::EXITED
+    {
+        if t.state == state::QUEUED || t.state == state::UNKNOWN {
+            let waited = now.saturating_sub(t.since_ns);
+            t.runqueue_wait_ns += waited;
+            t.runqueue_waits += 1;
+            observe(&mut t.runqueue_hist, waited);
         }
+        t.state = state::ON_CPU;
+        t.since_ns = now;
     }
 
-    emit(EventKind::Switch, || Switch {
-        header: header(EventKind::Switch, now),
-        prev_tid,
-        prev_tgid: if prev_tid == 0 { 0 } else { prev_tgid },
-        next_tid,
-        next_tgid,
-        prev_state,
-        // SAFETY: as above.
-        prev_prio: unsafe { record::<i32>(ctx, field!(switch_prev_prio)) },
-        // SAFETY: as above.
-        next_prio: unsafe { record::<i32>(ctx, field!(switch_next_prio)) },
-        voluntary: voluntary as u32,
-        _pad: 0,
+    emit(EventKind::Switch, || {
+        // SAFETY: the current task is valid while its program runs.
+        let prev_task = Task(unsafe { bpf_get_current_task() } as usize);
+        Switch {
+            header: header(EventKind::Switch, now),
+            prev_tid,
+            prev_tgid: if prev_tid == 0 { 0 } else { prev_tgid },
+            next_tid,
+            next_tgid: if next_tid == 0 { 0 } else { next_tgid },
+            prev_state: reported_state(preempt, prev_state, prev_task),
+            prev_prio: prev_task.prio(),
+            next_prio: next_task.prio(),
+            voluntary: voluntary as u32,
+            _pad: 0,
+        }
     });
     Ok(())
 }
 
-/// The kernel's counters of the current task, when their offsets are known.
+/// `prev_state` as the classic `sched_switch` tracepoint reports it: the preemption bit
+/// (`TASK_REPORT_MAX`), or the highest reportable state bit of the task (0: runnable).
 #[inline(always)]
-pub(crate) fn task_counts() -> Option<Counts> {
-    if field!(task_counters) == 0 {
-        return None;
+fn reported_state(preempt: bool, prev_state: u64, prev: Task) -> u64 {
+    let preempt_bit = field!(switch_preempt_bit);
+    if preempt {
+        return preempt_bit;
     }
+    // The reportable states are the bits below `TASK_REPORT_IDLE`, the bit below the
+    // preemption bit.
+    let mut bits = (prev_state | prev.exit_state() as u64) & ((preempt_bit >> 1) - 1);
+    bits |= bits >> 1;
+    bits |= bits >> 2;
+    bits |= bits >> 4;
+    bits |= bits >> 8;
+    bits ^ (bits >> 1)
+}
+
+/// The kernel's counters of the current task (the one leaving its CPU, or exiting).
+#[inline(always)]
+pub(crate) fn task_counts() -> Counts {
     // SAFETY: the current task is valid while its program runs.
     let task = unsafe { bpf_get_current_task() } as usize;
-    // SAFETY: checked reads of kernel memory at offsets from this kernel's BTF; user space
-    // sets `task_counters` only when `nivcsw` directly follows `nvcsw`.
+    // SAFETY: reads of kernel memory at offsets from this kernel's BTF; user space checked
+    // that `nivcsw` directly follows `nvcsw`. Zero is a valid value of each.
     unsafe {
         let [voluntary_switches, involuntary_switches] =
-            bpf_probe_read_kernel((task + field!(task_nvcsw) as usize) as *const [u64; 2]).ok()?;
-        Some(Counts {
+            kernel::<[u64; 2]>(task, field!(task_nvcsw));
+        Counts {
             voluntary_switches,
             involuntary_switches,
-            on_cpu_ns: bpf_probe_read_kernel(
-                (task + field!(task_sum_exec_runtime) as usize) as *const u64,
-            )
-            .ok()?,
-            runqueue_wait_ns: bpf_probe_read_kernel(
-                (task + field!(task_run_delay) as usize) as *const u64,
-            )
-            .ok()?,
-        })
-    }
-}
-
-fn try_sched_wakeup(ctx: &TracePointContext, new_task: bool) -> Result<(), i32> {
-    // SAFETY: offsets come from the tracepoint's own format file.
-    let tid = unsafe { record::<i32>(ctx, field!(wakeup_pid)) } as u32;
-    if tid == 0 {
-        return Ok(());
-    }
-    let now = now_ns();
-    let Some(t) = thread(tid, 0, now) else {
-        return Ok(());
-    };
-    // SAFETY: as above.
-    let (prio, target_cpu) = unsafe {
-        (
-            record::<i32>(ctx, field!(wakeup_prio)),
-            record::<i32>(ctx, field!(wakeup_target_cpu)) as u32,
-        )
-    };
-    match t.state {
-        // A wakeup that raced with the thread going to sleep: it never left the CPU.
-        state::ON_CPU | state::QUEUED | state::EXITED => {}
-        _ => {
-            if t.state == state::BLOCKED || t.state == state::UNKNOWN {
-                t.off_cpu_ns += now.saturating_sub(t.since_ns);
-            }
-            t.state = state::QUEUED;
-            t.since_ns = now;
+            on_cpu_ns: kernel(task, field!(task_sum_exec_runtime)),
+            runqueue_wait_ns: kernel(task, field!(task_run_delay)),
         }
     }
-    let tgid = t.tgid;
-    let (current_tid, _) = current();
-    emit(EventKind::Wakeup, || Wakeup {
-        header: header(EventKind::Wakeup, now),
-        tid,
-        tgid,
-        current_tid,
-        target_cpu,
-        prio,
-        new_task: new_task as u32,
-    });
-    Ok(())
 }
 
-fn try_sched_waking(ctx: &TracePointContext) -> Result<(), i32> {
-    if !settings().streams(EventKind::Waking) {
+/// `sched_wakeup` and `sched_wakeup_new` move a traced thread to the run queue and stream
+/// the wakeup; `sched_waking` only streams it (`kind`).
+#[inline(always)]
+fn try_sched_wakeup(
+    ctx: &BtfTracePointContext,
+    kind: EventKind,
+    new_task: bool,
+) -> Result<(), i32> {
+    if kind == EventKind::Waking && !settings().streams(kind) {
         return Ok(());
     }
-    // SAFETY: offsets come from the tracepoint's own format file (the layout of sched_wakeup).
-    let tid = unsafe { record::<i32>(ctx, field!(wakeup_pid)) } as u32;
+    let task = Task(ctx.arg::<u64>(0) as usize);
+    let (tid, tgid) = task.ids();
     if tid == 0 {
         return Ok(());
     }
     let now = now_ns();
-    let Some(t) = thread(tid, 0, now) else {
+    let Some(t) = thread(tid, tgid, now) else {
         return Ok(());
     };
-    // SAFETY: as above.
-    let (prio, target_cpu) = unsafe {
-        (
-            record::<i32>(ctx, field!(wakeup_prio)),
-            record::<i32>(ctx, field!(wakeup_target_cpu)) as u32,
-        )
-    };
-    let tgid = t.tgid;
-    let (waker_tid, _) = current();
-    emit(EventKind::Waking, || Wakeup {
-        header: header(EventKind::Waking, now),
+    if kind != EventKind::Waking {
+        match t.state {
+            // A wakeup that raced with the thread going to sleep: it never left the CPU.
+            state::ON_CPU | state::QUEUED | state::EXITED => {}
+            _ => {
+                t.off_cpu_ns += now.saturating_sub(t.since_ns);
+                t.state = state::QUEUED;
+                t.since_ns = now;
+            }
+        }
+    }
+    emit(kind, || Wakeup {
+        header: header(kind, now),
         tid,
         tgid,
-        current_tid: waker_tid,
-        target_cpu,
-        prio,
-        new_task: 0,
+        current_tid: current().0,
+        target_cpu: task.cpu(),
+        prio: task.prio(),
+        new_task: new_task as u32,
     });
     Ok(())
 }

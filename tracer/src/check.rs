@@ -114,10 +114,11 @@ fn btf() -> Check {
     let outcome = if Path::new("/sys/kernel/btf/vmlinux").exists() {
         Outcome::Ok("/sys/kernel/btf/vmlinux present".into())
     } else {
-        Outcome::Note(
-            "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF); tracer reads layouts from \
-             tracefs and does not need it"
+        Outcome::Fail(
+            "no /sys/kernel/btf/vmlinux: the scheduler's tracepoint arguments and task layout \
+             are unknown"
                 .into(),
+            "a kernel built with CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or later)".into(),
         )
     };
     Check {
@@ -149,14 +150,16 @@ fn tracefs_check(privileged: bool) -> Check {
 }
 
 fn tracepoints() -> Check {
-    let outcome = match tracefs::find().map(|root| probes::fields::from_tracefs(&root)) {
+    let outcome = match tracefs::find().map(|root| probes::fields::read(&root)) {
         Some(Ok(fields)) => {
             let waitv = if fields.waitv_waiters == 0 {
                 "; no futex_waitv (Linux < 5.16): its waits are not seen"
             } else {
                 ""
             };
-            Outcome::Ok(format!("sched, task and futex tracepoints readable{waitv}"))
+            Outcome::Ok(format!(
+                "sched, task and futex tracepoints and their arguments readable{waitv}"
+            ))
         }
         Some(Err(e)) => Outcome::Fail(
             e.to_string(),

@@ -59,7 +59,12 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(root: &Path, config: Option<&Path>) -> Result<Self> {
-        let mut cmd = Command::new(root.join("target/release/tracer"));
+        Self::start_binary(&root.join("target/release/tracer"), config)
+    }
+
+    /// Starts the daemon of the tracer binary at `binary`.
+    pub fn start_binary(binary: &Path, config: Option<&Path>) -> Result<Self> {
+        let mut cmd = Command::new(binary);
         cmd.args(["daemon", "--listen", "127.0.0.1:0"]);
         if let Some(config) = config {
             cmd.arg("--config").arg(config);

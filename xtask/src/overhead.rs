@@ -17,11 +17,17 @@ use super::bench::{Daemon, Section, median, process_usage};
 /// Rounds of every configuration, interleaved.
 const ROUNDS: usize = 5;
 
+/// Another tracer binary (an earlier build) whose daemon runs in the same rounds, so that a
+/// change is measured against what it replaces side by side.
+const BASELINE_ENV: &str = "TRACER_BENCH_BASELINE";
+
 /// What runs alongside a benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tracer {
     None,
     Daemon,
+    /// `tracer daemon` of the binary named by [`BASELINE_ENV`].
+    Baseline,
     /// `tracer record --pid` of an unrelated sleeping process: what the filter costs others.
     RecordOther,
     Bpftrace,
@@ -29,18 +35,21 @@ enum Tracer {
 }
 
 impl Tracer {
-    const ALL: [Self; 5] = [
-        Self::None,
-        Self::Daemon,
-        Self::RecordOther,
-        Self::Bpftrace,
-        Self::PerfSched,
-    ];
+    /// Every tracer of this run: the baseline only when one is named.
+    fn all() -> Vec<Self> {
+        let mut all = vec![Self::None, Self::Daemon];
+        if std::env::var_os(BASELINE_ENV).is_some() {
+            all.push(Self::Baseline);
+        }
+        all.extend([Self::RecordOther, Self::Bpftrace, Self::PerfSched]);
+        all
+    }
 
     fn name(self) -> &'static str {
         match self {
             Self::None => "untraced",
             Self::Daemon => "`tracer daemon`",
+            Self::Baseline => "baseline `tracer daemon`",
             Self::RecordOther => "`tracer record` of another process",
             Self::Bpftrace => "bpftrace off-CPU script",
             Self::PerfSched => "`perf sched record`",
@@ -100,6 +109,12 @@ fn start(root: &Path, tracer: Tracer, scratch: &Path) -> Result<Running> {
         Tracer::None => Running::Nothing,
         Tracer::Daemon => Running::Daemon {
             _daemon: Daemon::start(root, None)?,
+        },
+        Tracer::Baseline => Running::Daemon {
+            _daemon: Daemon::start_binary(
+                Path::new(&std::env::var_os(BASELINE_ENV).context(BASELINE_ENV)?),
+                None,
+            )?,
         },
         Tracer::RecordOther => {
             let target = Command::new("sleep").arg("3600").spawn()?;
@@ -211,20 +226,17 @@ fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
          median of 5 interleaved rounds (1.00 = no cost). Targets for tracer: >= 0.93 pinned, \
          >= 0.98 across CPUs.\n\n",
     );
+    let tracers = Tracer::all();
     let _ = write!(text, "| benchmark | untraced (median) |");
-    for t in &Tracer::ALL[1..] {
+    for t in &tracers[1..] {
         let _ = write!(text, " {} |", t.name());
     }
-    let _ = writeln!(
-        text,
-        "\n|---|---:|{}",
-        "---:|".repeat(Tracer::ALL.len() - 1)
-    );
+    let _ = writeln!(text, "\n|---|---:|{}", "---:|".repeat(tracers.len() - 1));
     for bench in &BENCHES {
-        let mut scores: Vec<Vec<f64>> = vec![Vec::new(); Tracer::ALL.len()];
+        let mut scores: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
         let mut failure = None;
         'rounds: for _ in 0..ROUNDS {
-            for (i, &tracer) in Tracer::ALL.iter().enumerate() {
+            for (i, &tracer) in tracers.iter().enumerate() {
                 let running = start(root, tracer, scratch)?;
                 match run_bench(bench) {
                     Ok(score) => scores[i].push(score),
@@ -247,7 +259,7 @@ fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
         }
         let untraced = median(&mut scores[0].clone());
         let _ = write!(text, "| {} | {untraced:.0} |", bench.title);
-        for i in 1..Tracer::ALL.len() {
+        for i in 1..tracers.len() {
             let mut round_ratios: Vec<f64> = scores[i]
                 .iter()
                 .zip(&scores[0])
@@ -263,6 +275,15 @@ fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
         "\nFutex wake is scored as the inverse of the time to wake 64 threads. The bpftrace script is \
          `xtask/bench/offcpu.bt`."
     );
+    if let Some(baseline) = std::env::var_os(BASELINE_ENV) {
+        let label = std::env::var("TRACER_BENCH_BASELINE_LABEL").unwrap_or_default();
+        let _ = writeln!(
+            text,
+            "The baseline is the daemon of `{}`{}{label}, in the same rounds.",
+            Path::new(&baseline).display(),
+            if label.is_empty() { "" } else { ": " },
+        );
+    }
     Ok(Section {
         title: "Overhead on the traced system".into(),
         text,

@@ -1,6 +1,7 @@
 //! A minimal reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`): just enough to find the
 //! byte offset of a struct member, so that the eBPF programs (which get no CO-RE relocations)
-//! can read kernel structures whose layout is only known at run time.
+//! can read kernel structures whose layout is only known at run time, and the arguments a
+//! BTF tracepoint passes.
 
 use std::{collections::HashMap, fs, path::Path};
 
@@ -13,10 +14,12 @@ const MAGIC: u16 = 0xeb9f;
 
 mod kind {
     pub const INT: u32 = 1;
+    pub const PTR: u32 = 2;
     pub const ARRAY: u32 = 3;
     pub const STRUCT: u32 = 4;
     pub const UNION: u32 = 5;
     pub const ENUM: u32 = 6;
+    pub const FWD: u32 = 7;
     pub const TYPEDEF: u32 = 8;
     pub const VOLATILE: u32 = 9;
     pub const CONST: u32 = 10;
@@ -33,7 +36,7 @@ mod kind {
 struct Member {
     name: u32,
     type_id: u32,
-    /// Offset in bits (bitfields are not needed here).
+    /// Offset in bits (bitfields are not needed here); for an array, its element count.
     bit_offset: u32,
 }
 
@@ -51,6 +54,19 @@ pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
     structs: HashMap<String, u32>,
+    /// `btf_trace_*` typedefs: the prototypes of BTF tracepoints.
+    typedefs: HashMap<String, u32>,
+}
+
+/// An argument of a BTF tracepoint, as far as the programs care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// An integer (or `bool`, or enum) of this many bytes.
+    Int(u32),
+    /// A pointer to a struct of this name, or to anything else (`""`).
+    Pointer(String),
+    /// Anything else.
+    Other,
 }
 
 /// Byte offset and size of a member found by [`Btf::member`].
@@ -119,7 +135,15 @@ impl Btf {
             let mut members = Vec::new();
             match kind {
                 kind::INT | kind::VAR | kind::DECL_TAG => at += 4,
-                kind::ARRAY => at += 12,
+                kind::ARRAY => {
+                    // The element type and count, kept as one pseudo-member.
+                    members.push(Member {
+                        name: 0,
+                        type_id: u32_at(types_data, at)?,
+                        bit_offset: u32_at(types_data, at + 8)?,
+                    });
+                    at += 12;
+                }
                 kind::STRUCT | kind::UNION => {
                     for _ in 0..vlen {
                         let offset = u32_at(types_data, at + 8)?;
@@ -135,7 +159,17 @@ impl Btf {
                         at += 12;
                     }
                 }
-                kind::ENUM | kind::FUNC_PROTO => at += 8 * vlen,
+                kind::FUNC_PROTO => {
+                    for _ in 0..vlen {
+                        members.push(Member {
+                            name: u32_at(types_data, at)?,
+                            type_id: u32_at(types_data, at + 4)?,
+                            bit_offset: 0,
+                        });
+                        at += 8;
+                    }
+                }
+                kind::ENUM => at += 8 * vlen,
                 kind::DATASEC | kind::ENUM64 => at += 12 * vlen,
                 _ => {}
             }
@@ -150,11 +184,16 @@ impl Btf {
             types,
             strings,
             structs: HashMap::new(),
+            typedefs: HashMap::new(),
         };
         for (id, ty) in btf.types.iter().enumerate() {
             if ty.kind == kind::STRUCT && ty.name != 0 && !ty.members.is_empty() {
                 let name = btf.string(ty.name).to_owned();
                 btf.structs.entry(name).or_insert(id as u32);
+            }
+            if ty.kind == kind::TYPEDEF && btf.string(ty.name).starts_with("btf_trace_") {
+                let name = btf.string(ty.name).to_owned();
+                btf.typedefs.insert(name, id as u32);
             }
         }
         Some(btf)
@@ -181,14 +220,18 @@ impl Btf {
         None
     }
 
-    /// Size in bytes of a sized type (integers, enums, structs, unions, pointers are 8).
+    /// Size in bytes of a sized type (integers, enums, structs, unions, arrays; pointers are 8).
     fn size(&self, id: u32) -> Option<u32> {
         let ty = self.resolve(id)?;
         match ty.kind {
             kind::INT | kind::ENUM | kind::ENUM64 | kind::STRUCT | kind::UNION => {
                 Some(ty.size_or_type)
             }
-            2 => Some(8),
+            kind::PTR => Some(8),
+            kind::ARRAY => {
+                let element = ty.members.first()?;
+                self.size(element.type_id)?.checked_mul(element.bit_offset)
+            }
             _ => None,
         }
     }
@@ -209,6 +252,48 @@ impl Btf {
             }
         }
         None
+    }
+
+    /// The arguments tracepoint `name` passes to a BTF tracepoint program (its prototype
+    /// without the leading `void *__data`).
+    pub fn tracepoint_args(&self, name: &str) -> Result<Vec<Arg>> {
+        let missing = || {
+            Error::UnsupportedKernel(format!(
+                "BTF has no prototype of tracepoint {name} (btf_trace_{name})"
+            ))
+        };
+        let typedef = *self
+            .typedefs
+            .get(&format!("btf_trace_{name}"))
+            .ok_or_else(missing)?;
+        let pointer = self.resolve(typedef).ok_or_else(missing)?;
+        let proto = (pointer.kind == kind::PTR)
+            .then(|| self.resolve(pointer.size_or_type))
+            .flatten()
+            .filter(|t| t.kind == kind::FUNC_PROTO)
+            .ok_or_else(missing)?;
+        Ok(proto
+            .members
+            .iter()
+            .skip(1)
+            .map(|param| self.arg(param.type_id))
+            .collect())
+    }
+
+    fn arg(&self, id: u32) -> Arg {
+        let Some(ty) = self.resolve(id) else {
+            return Arg::Other;
+        };
+        match ty.kind {
+            kind::INT | kind::ENUM | kind::ENUM64 => Arg::Int(ty.size_or_type),
+            kind::PTR => Arg::Pointer(
+                self.resolve(ty.size_or_type)
+                    .filter(|t| matches!(t.kind, kind::STRUCT | kind::FWD))
+                    .map(|t| self.string(t.name).to_owned())
+                    .unwrap_or_default(),
+            ),
+            _ => Arg::Other,
+        }
     }
 
     /// Byte offset and size of `path` (members joined by `.`, e.g. `se.sum_exec_runtime`)
@@ -346,5 +431,12 @@ mod tests {
                 .size,
             8
         );
+        let task = Arg::Pointer("task_struct".into());
+        assert_eq!(
+            btf.tracepoint_args("sched_switch").unwrap(),
+            [Arg::Int(1), task.clone(), task.clone(), Arg::Int(4)]
+        );
+        assert_eq!(btf.tracepoint_args("sched_wakeup").unwrap(), [task]);
+        assert!(btf.tracepoint_args("no_such_tracepoint").is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! [`Fields`] from this kernel's tracepoint `format` files.
+//! [`Fields`] from this kernel's tracepoint `format` files and its BTF.
 
 use std::path::Path;
 
@@ -7,142 +7,121 @@ use tracer_common::fields::Fields;
 use crate::{
     error::{Error, Result},
     kernel::{
-        btf::Btf,
+        btf::{Arg, Btf, VMLINUX},
         tracefs::{Format, largest_state_flag},
     },
 };
 
-/// Reads the offsets of every field the programs use. `futex_waitv` (Linux 5.16) is optional:
-/// without it those offsets stay 0 and its programs are not attached.
-pub fn from_tracefs(root: &Path) -> Result<Fields> {
-    let switch = Format::read(root, "sched", "sched_switch")?;
-    let wakeup = Format::read(root, "sched", "sched_wakeup")?;
-    let wakeup_new = Format::read(root, "sched", "sched_wakeup_new")?;
-    let waking = Format::read(root, "sched", "sched_waking")?;
-    let newtask = Format::read(root, "task", "task_newtask")?;
-    let rename = Format::read(root, "task", "task_rename")?;
-    let exit = Format::read(root, "sched", "sched_process_exit")?;
-    let futex = Format::read(root, "syscalls", "sys_enter_futex")?;
-    let futex_exit = Format::read(root, "syscalls", "sys_exit_futex")?;
-    let waitv = Format::read(root, "syscalls", "sys_enter_futex_waitv").ok();
-    from_formats(&Formats {
-        switch: &switch,
-        wakeup: &wakeup,
-        wakeup_new: &wakeup_new,
-        waking: &waking,
-        newtask: &newtask,
-        rename: &rename,
-        exit: &exit,
-        futex: &futex,
-        futex_exit: &futex_exit,
-        waitv: waitv.as_ref(),
-    })
-}
-
-/// Adds the offsets of the kernel's per-thread counters in `task_struct`, from BTF. Without
-/// BTF the programs derive every counter from events alone, which is less exact: returns why.
-pub fn add_task_counters(fields: &mut Fields) -> std::result::Result<(), String> {
-    let btf = Btf::from_kernel().map_err(|e| e.to_string())?;
-    let eight_bytes = |path: &str| -> std::result::Result<u32, String> {
-        let member = btf.member("task_struct", path).map_err(|e| e.to_string())?;
-        if member.size == 8 {
-            Ok(member.offset)
-        } else {
-            Err(format!(
-                "task_struct.{path} is {} bytes, expected 8",
-                member.size
-            ))
-        }
-    };
-    fields.task_nvcsw = eight_bytes("nvcsw")?;
-    fields.task_nivcsw = eight_bytes("nivcsw")?;
-    // The programs read both switch counters in one go.
-    if fields.task_nivcsw != fields.task_nvcsw + 8 {
-        return Err("task_struct.nivcsw does not directly follow nvcsw".into());
+/// Reads every offset the programs use. `futex_waitv` (Linux 5.16) is optional: without it
+/// those offsets stay 0 and its programs are not attached.
+pub fn read(tracefs_root: &Path) -> Result<Fields> {
+    let switch = Format::read(tracefs_root, "sched", "sched_switch")?;
+    let futex = Format::read(tracefs_root, "syscalls", "sys_enter_futex")?;
+    let futex_exit = Format::read(tracefs_root, "syscalls", "sys_exit_futex")?;
+    let waitv = Format::read(tracefs_root, "syscalls", "sys_enter_futex_waitv").ok();
+    let mut fields = from_formats(&switch, &futex, &futex_exit, waitv.as_ref())?;
+    if !Path::new(VMLINUX).exists() {
+        return Err(Error::UnsupportedKernel(format!(
+            "this kernel has no BTF ({VMLINUX} is missing): tracer needs a kernel built with \
+             CONFIG_DEBUG_INFO_BTF=y (Linux 5.5 or later) to read its scheduler's arguments"
+        )));
     }
-    fields.task_sum_exec_runtime = eight_bytes("se.sum_exec_runtime")?;
-    fields.task_run_delay = eight_bytes("sched_info.run_delay")?;
-    fields.task_counters = 1;
-    Ok(())
+    add_btf(&mut fields, &Btf::from_kernel()?)?;
+    Ok(fields)
 }
 
-/// The formats [`from_formats`] reads.
-pub struct Formats<'a> {
-    pub switch: &'a Format,
-    pub wakeup: &'a Format,
-    pub wakeup_new: &'a Format,
-    pub waking: &'a Format,
-    pub newtask: &'a Format,
-    pub rename: &'a Format,
-    pub exit: &'a Format,
-    pub futex: &'a Format,
-    pub futex_exit: &'a Format,
-    pub waitv: Option<&'a Format>,
-}
-
-/// Field offsets from parsed formats, checking the widths the programs read.
-pub fn from_formats(f: &Formats<'_>) -> Result<Fields> {
-    let largest_flag = largest_state_flag(&f.switch.print_fmt).ok_or_else(|| {
+/// The futex offsets from the syscall tracepoints' formats, and the preemption bit from
+/// `sched_switch`'s print format, checking the widths the programs read.
+pub fn from_formats(
+    switch: &Format,
+    futex: &Format,
+    futex_exit: &Format,
+    waitv: Option<&Format>,
+) -> Result<Fields> {
+    let largest_flag = largest_state_flag(&switch.print_fmt).ok_or_else(|| {
         Error::UnsupportedKernel(
-            "sched_switch's print format lists no prev_state flags, so preemption cannot be told \
-             from blocking"
+            "sched_switch's print format lists no prev_state flags, so its report of a \
+             preemption is unknown"
                 .into(),
         )
     })?;
-    let preempt_bit = largest_flag << 1;
     // `sys_enter_*` arguments are `long`-sized whatever their C type.
-    let op = f.futex.field("op", None)?;
+    let op = futex.field("op", None)?;
     if op.size != 4 && op.size != 8 {
         return Err(Error::UnsupportedKernel(format!(
             "sys_enter_futex `op` is {} bytes",
             op.size
         )));
     }
-    // The wakeup offsets are shared, so the three tracepoints must agree.
-    for name in ["pid", "prio", "target_cpu"] {
-        let offset = f.wakeup.offset(name, 4)?;
-        for (other, format) in [
-            ("sched_wakeup_new", f.wakeup_new),
-            ("sched_waking", f.waking),
-        ] {
-            if format.offset(name, 4)? != offset {
-                return Err(Error::UnsupportedKernel(format!(
-                    "sched_wakeup and {other} differ in the layout of `{name}`"
-                )));
-            }
-        }
-    }
-    let (waitv_waiters, waitv_nr_futexes) = match f.waitv {
+    let (waitv_waiters, waitv_nr_futexes) = match waitv {
         Some(w) => (w.offset("waiters", 8)?, w.field("nr_futexes", None)?.offset),
         None => (0, 0),
     };
     Ok(Fields {
-        switch_prev_pid: f.switch.offset("prev_pid", 4)?,
-        switch_prev_prio: f.switch.offset("prev_prio", 4)?,
-        switch_prev_state: f.switch.offset("prev_state", 8)?,
-        switch_next_pid: f.switch.offset("next_pid", 4)?,
-        switch_next_prio: f.switch.offset("next_prio", 4)?,
-        wakeup_pid: f.wakeup.offset("pid", 4)?,
-        wakeup_prio: f.wakeup.offset("prio", 4)?,
-        wakeup_target_cpu: f.wakeup.offset("target_cpu", 4)?,
-        newtask_pid: f.newtask.offset("pid", 4)?,
-        newtask_comm: f.newtask.offset("comm", 16)?,
-        newtask_clone_flags: f.newtask.offset("clone_flags", 8)?,
-        rename_pid: f.rename.offset("pid", 4)?,
-        rename_oldcomm: f.rename.offset("oldcomm", 16)?,
-        rename_newcomm: f.rename.offset("newcomm", 16)?,
-        exit_pid: f.exit.offset("pid", 4)?,
-        exit_group_dead: f.exit.offset("group_dead", 1)?,
-        futex_uaddr: f.futex.offset("uaddr", 8)?,
+        futex_uaddr: futex.offset("uaddr", 8)?,
         futex_op: op.offset,
         waitv_waiters,
         waitv_nr_futexes,
-        sys_exit_ret: f.futex_exit.offset("ret", 8)?,
-        _pad: 0,
-        switch_preempt_bit: preempt_bit,
-        switch_state_mask: preempt_bit - 1,
+        sys_exit_ret: futex_exit.offset("ret", 8)?,
+        switch_preempt_bit: largest_flag << 1,
         ..Fields::UNSET
     })
+}
+
+/// Checks the arguments of the BTF tracepoints the programs attach to, and adds the
+/// `task_struct` offsets they read.
+pub fn add_btf(fields: &mut Fields, btf: &Btf) -> Result<()> {
+    let task = || Arg::Pointer("task_struct".into());
+    let expect = |name: &str, args: &[Arg]| -> Result<Vec<Arg>> {
+        let found = btf.tracepoint_args(name)?;
+        if found.len() >= args.len() && found[..args.len()] == *args {
+            Ok(found)
+        } else {
+            Err(Error::UnsupportedKernel(format!(
+                "tracepoint {name} passes {found:?}, where tracer reads {args:?}"
+            )))
+        }
+    };
+    expect("sched_switch", &[Arg::Int(1), task(), task(), Arg::Int(4)])?;
+    for name in ["sched_wakeup", "sched_wakeup_new", "sched_waking"] {
+        expect(name, &[task()])?;
+    }
+    expect("task_newtask", &[task(), Arg::Int(8)])?;
+    expect("task_rename", &[task(), Arg::Pointer(String::new())])?;
+    let exit = expect("sched_process_exit", &[task()])?;
+    fields.exit_group_dead = u32::from(exit.get(1) == Some(&Arg::Int(1)));
+
+    let member = |path: &str, size: u32| -> Result<u32> {
+        let member = btf.member("task_struct", path)?;
+        if member.size == size {
+            Ok(member.offset)
+        } else {
+            Err(Error::UnsupportedKernel(format!(
+                "task_struct.{path} is {} bytes, where tracer reads {size}",
+                member.size
+            )))
+        }
+    };
+    let follows = |first: &str, second: &str, size: u32| -> Result<u32> {
+        let offset = member(first, size)?;
+        if member(second, size)? == offset + size {
+            Ok(offset)
+        } else {
+            Err(Error::UnsupportedKernel(format!(
+                "task_struct.{second} does not directly follow {first}"
+            )))
+        }
+    };
+    fields.task_pid = follows("pid", "tgid", 4)?;
+    fields.task_prio = member("prio", 4)?;
+    fields.task_comm = member("comm", 16)?;
+    fields.task_exit_state = member("exit_state", 4)?;
+    // `task_cpu()`: in `thread_info` when that is part of the task (most architectures).
+    fields.task_cpu = member("thread_info.cpu", 4).or_else(|_| member("cpu", 4))?;
+    fields.task_nvcsw = follows("nvcsw", "nivcsw", 8)?;
+    fields.task_sum_exec_runtime = member("se.sum_exec_runtime", 8)?;
+    fields.task_run_delay = member("sched_info.run_delay", 8)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -160,11 +139,12 @@ mod tests {
             eprintln!("skipped: tracefs is not mounted here (run as root, or `tracer check`)");
             return;
         };
-        let fields = from_tracefs(&root).unwrap();
-        // Every field the programs read lies past the 8-byte common header.
-        assert!(fields.switch_prev_pid >= 8 && fields.switch_next_pid > fields.switch_prev_pid);
+        let fields = read(&root).unwrap();
         assert_eq!(fields.switch_preempt_bit.count_ones(), 1);
-        assert_eq!(fields.switch_state_mask, fields.switch_preempt_bit - 1);
+        // Every syscall field lies past the 8-byte common header.
         assert!(fields.futex_uaddr >= 8 && fields.sys_exit_ret >= 8);
+        assert_ne!(fields.task_pid, 0);
+        assert_ne!(fields.task_comm, fields.task_pid);
+        assert_ne!(fields.task_nvcsw, 0);
     }
 }

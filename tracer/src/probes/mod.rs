@@ -8,7 +8,7 @@ use std::time::Duration;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use tracer_common::{
     event::EventKind,
@@ -25,20 +25,24 @@ use crate::{
 /// The eBPF object built by `build.rs`, embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
 
-/// Program name, tracepoint category and tracepoint name, in attach order: lifecycle first,
-/// so that no thread is created unseen once scheduling events flow.
-const PROGRAMS: [(&str, &str, &str); 11] = [
-    ("task_newtask", "task", "task_newtask"),
-    ("task_rename", "task", "task_rename"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-    ("sched_wakeup_new", "sched", "sched_wakeup_new"),
-    ("sched_waking", "sched", "sched_waking"),
-    ("sched_wakeup", "sched", "sched_wakeup"),
-    ("sched_switch", "sched", "sched_switch"),
-    ("sys_enter_futex", "syscalls", "sys_enter_futex"),
-    ("sys_exit_futex", "syscalls", "sys_exit_futex"),
-    ("sys_enter_futex_waitv", "syscalls", "sys_enter_futex_waitv"),
-    ("sys_exit_futex_waitv", "syscalls", "sys_exit_futex_waitv"),
+/// BTF tracepoints, by program and tracepoint name (the same), in attach order: lifecycle
+/// first, so that no thread is created unseen once scheduling events flow.
+const BTF_TRACEPOINTS: [&str; 7] = [
+    "task_newtask",
+    "task_rename",
+    "sched_process_exit",
+    "sched_wakeup_new",
+    "sched_waking",
+    "sched_wakeup",
+    "sched_switch",
+];
+
+/// Syscall tracepoints, by program and tracepoint name (the same).
+const SYSCALL_TRACEPOINTS: [&str; 4] = [
+    "sys_enter_futex",
+    "sys_exit_futex",
+    "sys_enter_futex_waitv",
+    "sys_exit_futex_waitv",
 ];
 
 /// How the programs are loaded.
@@ -66,13 +70,7 @@ impl Probes {
     /// programs through the verifier. Nothing is attached yet.
     pub fn load(options: Options) -> Result<Self> {
         let root = tracefs::root()?;
-        let mut fields = fields::from_tracefs(&root)?;
-        if let Err(why) = fields::add_task_counters(&mut fields) {
-            eprintln!(
-                "tracer: warning: counting from events alone, without the kernel's per-thread \
-                 counters ({why})"
-            );
-        }
+        let fields = fields::read(&root)?;
         raise_memlock_limit();
         let settings = Settings {
             filtered: u32::from(options.filtered),
@@ -87,17 +85,21 @@ impl Probes {
             .map_max_entries(names::THREADS, options.max_threads)
             .load(OBJECT)
             .map_err(|e| Error::Load(error_chain(&e)))?;
-        for (program, category, name) in PROGRAMS {
-            if fields.waitv_waiters == 0 && category == "syscalls" && name.ends_with("waitv") {
+        let btf = aya::Btf::from_sys_fs().map_err(|e| Error::Load(error_chain(&e)))?;
+        for name in BTF_TRACEPOINTS {
+            let program: &mut BtfTracePoint = program_mut(&mut ebpf, name)?;
+            program
+                .load(name, &btf)
+                .map_err(|e| Error::Load(format!("{name}: {}", error_chain(&e))))?;
+        }
+        for name in SYSCALL_TRACEPOINTS {
+            if fields.waitv_waiters == 0 && name.ends_with("waitv") {
                 continue;
             }
-            let tp: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| Error::Load(format!("program {program} missing from the object")))?
-                .try_into()
-                .map_err(|e| Error::Load(error_chain(&e)))?;
-            tp.load()
-                .map_err(|e| Error::Load(format!("{program}: {}", error_chain(&e))))?;
+            let program: &mut TracePoint = program_mut(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|e| Error::Load(format!("{name}: {}", error_chain(&e))))?;
         }
         let wakers = options.stream.contains(&EventKind::Waking);
         Ok(Self {
@@ -131,24 +133,27 @@ impl Probes {
 
     /// Attaches every program to its tracepoint.
     pub fn attach(&mut self) -> Result<()> {
-        for (program, category, name) in PROGRAMS {
+        let failed = |name: &str, category: &str, e: &dyn std::error::Error| Error::Attach {
+            program: name.into(),
+            category: category.into(),
+            name: name.into(),
+            message: error_chain(e),
+        };
+        for name in BTF_TRACEPOINTS {
+            if name == "sched_waking" && !self.wakers {
+                continue;
+            }
+            let program: &mut BtfTracePoint = program_mut(&mut self.ebpf, name)?;
+            program.attach().map_err(|e| failed(name, "btf", &e))?;
+        }
+        for name in SYSCALL_TRACEPOINTS {
             if self.fields.waitv_waiters == 0 && name.ends_with("waitv") {
                 continue;
             }
-            if program == "sched_waking" && !self.wakers {
-                continue;
-            }
-            let tp: &mut TracePoint = self
-                .ebpf
-                .program_mut(program)
-                .and_then(|p| p.try_into().ok())
-                .ok_or_else(|| Error::Load(format!("program {program} missing from the object")))?;
-            tp.attach(category, name).map_err(|e| Error::Attach {
-                program: program.into(),
-                category: category.into(),
-                name: name.into(),
-                message: error_chain(&e),
-            })?;
+            let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
+            program
+                .attach("syscalls", name)
+                .map_err(|e| failed(name, "syscalls", &e))?;
         }
         Ok(())
     }
@@ -223,15 +228,25 @@ impl Probes {
             .collect()
     }
 
-    /// Events that did not fit in the ring buffer, by kind (index: `EventKind as usize`).
+    /// Events lost, by kind (index: `EventKind as usize`): those that did not fit in the ring
+    /// buffer, and runs of a program that the kernel skipped (it runs no program on a CPU
+    /// where the same one is already running, and counts the skipped runs as recursion
+    /// misses), whose events were never seen at all.
     pub fn lost(&self) -> [u64; EventKind::COUNT as usize] {
         let mut lost = [0; EventKind::COUNT as usize];
-        let Ok(map) = self.map::<PerCpuArray<_, u64>>(names::LOST) else {
-            return lost;
-        };
-        for (i, slot) in lost.iter_mut().enumerate() {
-            if let Ok(per_cpu) = map.get(&(i as u32), 0) {
-                *slot = per_cpu.iter().sum();
+        if let Ok(map) = self.map::<PerCpuArray<_, u64>>(names::LOST) {
+            for (i, slot) in lost.iter_mut().enumerate() {
+                if let Ok(per_cpu) = map.get(&(i as u32), 0) {
+                    *slot = per_cpu.iter().sum();
+                }
+            }
+        }
+        for (name, program) in self.ebpf.programs() {
+            if let Some(kind) = program_kind(name)
+                && let Ok(fd) = program.fd()
+            {
+                use std::os::fd::{AsFd as _, AsRawFd as _};
+                lost[kind as usize] += recursion_misses(fd.as_fd().as_raw_fd());
             }
         }
         lost
@@ -266,6 +281,43 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 /// How long to keep reading after a capture stops, for events still in flight
 /// (a thread's last switch comes after its exit event).
 pub const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+/// The kind of event program `name` records.
+fn program_kind(name: &str) -> Option<EventKind> {
+    Some(match name {
+        "task_newtask" => EventKind::ThreadCreated,
+        "task_rename" => EventKind::ThreadRenamed,
+        "sched_process_exit" => EventKind::ThreadExited,
+        "sched_switch" => EventKind::Switch,
+        "sched_wakeup" | "sched_wakeup_new" => EventKind::Wakeup,
+        "sched_waking" => EventKind::Waking,
+        name if name.contains("futex") => EventKind::FutexWait,
+        _ => return None,
+    })
+}
+
+/// The `recursion_misses` the kernel shows for the program behind `fd` (0 where unknown).
+fn recursion_misses(fd: std::os::fd::RawFd) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("recursion_misses:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Program `name` of the object, as its type `P`.
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Load(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(|e| Error::Load(format!("{name}: {}", error_chain(&e))))
+}
 
 /// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`; lift it where allowed.
 fn raise_memlock_limit() {
