@@ -23,16 +23,18 @@ pub struct Fields {
     /// Bit that `sched_switch` reports in `prev_state` for a preemption
     /// (the kernel's `TASK_REPORT_MAX`).
     pub switch_preempt_bit: u64,
-    /// Offsets in `struct task_struct`: `pid` (directly followed by `tgid`), `prio`, `comm`,
-    /// `exit_state`, and the CPU it last ran on (`thread_info.cpu` or `cpu`).
+    /// Offsets in `struct task_struct`: `pid`, `tgid`, `prio`, `comm`, `exit_state`, and the
+    /// CPU it last ran on (`thread_info.cpu` or `cpu`).
     pub task_pid: u32,
+    pub task_tgid: u32,
     pub task_prio: u32,
     pub task_comm: u32,
     pub task_exit_state: u32,
     pub task_cpu: u32,
-    /// The kernel's own per-thread counters: `nvcsw` (directly followed by `nivcsw`),
-    /// `se.sum_exec_runtime`, `sched_info.run_delay`.
+    /// The kernel's own per-thread counters: `nvcsw`, `nivcsw`, `se.sum_exec_runtime`,
+    /// `sched_info.run_delay`.
     pub task_nvcsw: u32,
+    pub task_nivcsw: u32,
     pub task_sum_exec_runtime: u32,
     pub task_run_delay: u32,
 }
@@ -60,11 +62,13 @@ impl Fields {
         exit_group_dead: 0,
         switch_preempt_bit: 0,
         task_pid: 0,
+        task_tgid: 0,
         task_prio: 0,
         task_comm: 0,
         task_exit_state: 0,
         task_cpu: 0,
         task_nvcsw: 0,
+        task_nivcsw: 0,
         task_sum_exec_runtime: 0,
         task_run_delay: 0,
     };

@@ -38,7 +38,7 @@ pub fn task_rename(ctx: BtfTracePointContext) -> i32 {
 }
 
 fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let task = Task(ctx.arg::<u64>(0) as usize);
+    let task = Task(ctx.arg::<*const u8>(0));
     let clone_flags = ctx.arg::<u64>(1);
     // The new task's ids are set by now: its creator's thread group for `CLONE_THREAD`.
     let (tid, tgid) = task.ids();
@@ -65,7 +65,7 @@ fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
 }
 
 fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let task = Task(ctx.arg::<u64>(0) as usize);
+    let task = Task(ctx.arg::<*const u8>(0));
     let (tid, _) = task.ids();
     // A read-only global: the verifier drops the argument read on kernels without it.
     let group_dead = if field!(exit_group_dead) != 0 {
@@ -92,7 +92,7 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // kernel leaves out of a thread's CPU time; CPU time is as of the kernel's last
     // accounting of this thread, at most a tick ago.
     t.last = Snapshot {
-        kernel: crate::sched::task_counts(),
+        kernel: Task::current().counts(),
         derived: t.derived(),
     };
     if t.snapshots == 0 {
@@ -111,7 +111,7 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
 }
 
 fn try_task_rename(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    let task = Task(ctx.arg::<u64>(0) as usize);
+    let task = Task(ctx.arg::<*const u8>(0));
     let new_name = ctx.arg::<u64>(1);
     // The writer is not always the renamed thread (`/proc/PID/task/TID/comm`).
     let (tid, tgid) = task.ids();

@@ -3,7 +3,8 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::bpf_get_current_task_btf,
     },
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -11,7 +12,7 @@ use aya_ebpf::{
 use tracer_common::{
     event::{COMM_LEN, EventKind, Header},
     fields::{Fields, Settings},
-    thread::{ThreadStats, histogram_bucket, state},
+    thread::{Counts, ThreadStats, histogram_bucket, state},
 };
 
 /// Tracepoint field and `task_struct` offsets, set by user space at load time.
@@ -65,54 +66,67 @@ pub unsafe fn record<T: Copy>(ctx: &aya_ebpf::programs::TracePointContext, offse
     }
 }
 
-/// A `T` at `offset` in the kernel object at `base` (zero if the read fails).
-///
-/// # Safety
-/// An all-zero `T` must be valid.
-#[inline(always)]
-pub unsafe fn kernel<T: Copy>(base: usize, offset: u32) -> T {
-    // SAFETY: a checked read of kernel memory; the caller guarantees zero is a valid `T`.
-    unsafe {
-        bpf_probe_read_kernel((base + offset as usize) as *const T).unwrap_or(core::mem::zeroed())
-    }
-}
-
-/// A task, as a `task_struct` pointer from a BTF tracepoint argument or the current task.
+/// A task: a `task_struct` pointer the verifier knows as one (a BTF tracepoint's argument, or
+/// `bpf_get_current_task_btf`). Its fields are loaded directly: the offsets are read-only
+/// globals, which the verifier sees as constants and checks against the kernel's BTF.
 #[derive(Clone, Copy)]
-pub struct Task(pub usize);
+pub struct Task(pub *const u8);
 
 impl Task {
+    /// The thread running this program.
+    #[inline(always)]
+    pub fn current() -> Self {
+        // SAFETY: no preconditions.
+        Self(unsafe { bpf_get_current_task_btf() } as *const u8)
+    }
+
+    /// The field of type `T` at `offset`.
+    #[inline(always)]
+    fn load<T: Copy>(self, offset: u32) -> T {
+        // SAFETY: a load the verifier checks against the task's BTF and turns into one that
+        // cannot fault.
+        unsafe { core::ptr::read_volatile(self.0.add(offset as usize) as *const T) }
+    }
+
     /// `(tid, tgid)`: the kernel's `pid` and `tgid`.
     #[inline(always)]
     pub fn ids(self) -> (u32, u32) {
-        // SAFETY: user space checked that `tgid` directly follows `pid`.
-        let [tid, tgid] = unsafe { kernel::<[u32; 2]>(self.0, field!(task_pid)) };
-        (tid, tgid)
+        (self.load(field!(task_pid)), self.load(field!(task_tgid)))
     }
 
     #[inline(always)]
     pub fn prio(self) -> i32 {
-        // SAFETY: zero is a valid `i32`.
-        unsafe { kernel(self.0, field!(task_prio)) }
+        self.load(field!(task_prio))
     }
 
     /// The CPU the task is on, or is queued for.
     #[inline(always)]
     pub fn cpu(self) -> u32 {
-        // SAFETY: zero is a valid `u32`.
-        unsafe { kernel(self.0, field!(task_cpu)) }
+        self.load(field!(task_cpu))
     }
 
     #[inline(always)]
     pub fn comm(self) -> [u8; COMM_LEN] {
-        // SAFETY: zero bytes are a valid name.
-        unsafe { kernel(self.0, field!(task_comm)) }
+        let offset = field!(task_comm);
+        let [a, b]: [u64; 2] = [self.load(offset), self.load(offset + 8)];
+        // SAFETY: two plain integers make the 16 bytes.
+        unsafe { core::mem::transmute([a, b]) }
     }
 
     #[inline(always)]
     pub fn exit_state(self) -> u32 {
-        // SAFETY: zero is a valid `u32`.
-        unsafe { kernel(self.0, field!(task_exit_state)) }
+        self.load(field!(task_exit_state))
+    }
+
+    /// The kernel's own counters of the task.
+    #[inline(always)]
+    pub fn counts(self) -> Counts {
+        Counts {
+            voluntary_switches: self.load(field!(task_nvcsw)),
+            involuntary_switches: self.load(field!(task_nivcsw)),
+            on_cpu_ns: self.load(field!(task_sum_exec_runtime)),
+            runqueue_wait_ns: self.load(field!(task_run_delay)),
+        }
     }
 }
 

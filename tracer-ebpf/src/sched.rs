@@ -9,15 +9,13 @@
 //! classic tracepoint program is skipped whenever any other one is running on its CPU, and
 //! syscall tracepoint programs can be preempted: every switch on that CPU would go unseen.
 
-use aya_ebpf::{
-    helpers::bpf_get_current_task, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     event::{EventKind, Switch, Wakeup},
-    thread::{BORN_TRACED, Counts, Snapshot, state},
+    thread::{BORN_TRACED, Snapshot, state},
 };
 
-use crate::maps::{Task, current, emit, field, header, kernel, now_ns, observe, settings, thread};
+use crate::maps::{Task, current, emit, field, header, now_ns, observe, settings, thread};
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 /// unsigned int prev_state)`; user space checks this shape in the kernel's BTF.
@@ -53,7 +51,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // The previous thread is the current one: its ids need no read. Nothing else is read
     // until one of the two threads turns out to be traced.
     let (prev_tid, prev_tgid) = current();
-    let next_task = Task(ctx.arg::<u64>(2) as usize);
+    let next_task = Task(ctx.arg::<*const u8>(2));
     let (next_tid, next_tgid) = next_task.ids();
     let now = now_ns();
     let prev = if prev_tid == 0 {
@@ -82,7 +80,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
         && t.state != state::EXITED
     {
         t.tgid = prev_tgid;
-        let kernel = task_counts();
+        let kernel = Task::current().counts();
         // With a known starting point, the kernel's own count says which kind this switch was
         // (it tells a sleep cut short by a signal, which the argument shows as running).
         if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
@@ -123,8 +121,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
 
     emit(EventKind::Switch, || {
-        // SAFETY: the current task is valid while its program runs.
-        let prev_task = Task(unsafe { bpf_get_current_task() } as usize);
+        let prev_task = Task::current();
         Switch {
             header: header(EventKind::Switch, now),
             prev_tid,
@@ -159,25 +156,6 @@ fn reported_state(preempt: bool, prev_state: u64, prev: Task) -> u64 {
     bits ^ (bits >> 1)
 }
 
-/// The kernel's counters of the current task (the one leaving its CPU, or exiting).
-#[inline(always)]
-pub(crate) fn task_counts() -> Counts {
-    // SAFETY: the current task is valid while its program runs.
-    let task = unsafe { bpf_get_current_task() } as usize;
-    // SAFETY: reads of kernel memory at offsets from this kernel's BTF; user space checked
-    // that `nivcsw` directly follows `nvcsw`. Zero is a valid value of each.
-    unsafe {
-        let [voluntary_switches, involuntary_switches] =
-            kernel::<[u64; 2]>(task, field!(task_nvcsw));
-        Counts {
-            voluntary_switches,
-            involuntary_switches,
-            on_cpu_ns: kernel(task, field!(task_sum_exec_runtime)),
-            runqueue_wait_ns: kernel(task, field!(task_run_delay)),
-        }
-    }
-}
-
 /// `sched_wakeup` and `sched_wakeup_new` move a traced thread to the run queue and stream
 /// the wakeup; `sched_waking` only streams it (`kind`).
 #[inline(always)]
@@ -189,7 +167,7 @@ fn try_sched_wakeup(
     if kind == EventKind::Waking && !settings().streams(kind) {
         return Ok(());
     }
-    let task = Task(ctx.arg::<u64>(0) as usize);
+    let task = Task(ctx.arg::<*const u8>(0));
     let (tid, tgid) = task.ids();
     if tid == 0 {
         return Ok(());

@@ -102,23 +102,15 @@ pub fn add_btf(fields: &mut Fields, btf: &Btf) -> Result<()> {
             )))
         }
     };
-    let follows = |first: &str, second: &str, size: u32| -> Result<u32> {
-        let offset = member(first, size)?;
-        if member(second, size)? == offset + size {
-            Ok(offset)
-        } else {
-            Err(Error::UnsupportedKernel(format!(
-                "task_struct.{second} does not directly follow {first}"
-            )))
-        }
-    };
-    fields.task_pid = follows("pid", "tgid", 4)?;
+    fields.task_pid = member("pid", 4)?;
+    fields.task_tgid = member("tgid", 4)?;
     fields.task_prio = member("prio", 4)?;
     fields.task_comm = member("comm", 16)?;
     fields.task_exit_state = member("exit_state", 4)?;
     // `task_cpu()`: in `thread_info` when that is part of the task (most architectures).
     fields.task_cpu = member("thread_info.cpu", 4).or_else(|_| member("cpu", 4))?;
-    fields.task_nvcsw = follows("nvcsw", "nivcsw", 8)?;
+    fields.task_nvcsw = member("nvcsw", 8)?;
+    fields.task_nivcsw = member("nivcsw", 8)?;
     fields.task_sum_exec_runtime = member("se.sum_exec_runtime", 8)?;
     fields.task_run_delay = member("sched_info.run_delay", 8)?;
     Ok(())
