@@ -49,6 +49,10 @@ pub struct Settings {
     /// Bit mask of [`crate::event::EventKind`]s to stream through the ring buffer
     /// (`1 << kind`). Aggregates in `THREADS` are kept whatever it says.
     pub stream: u32,
+    /// Non-zero when `sched_wakeup` and `sched_wakeup_new` are attached, so that a thread's
+    /// switch to a CPU can be told from a return from a sleep the probes did not see.
+    pub wakeups: u32,
+    pub _pad: u32,
 }
 
 impl Fields {
@@ -79,6 +83,8 @@ impl Settings {
     pub const UNSET: Self = Self {
         filtered: 0,
         stream: 0,
+        wakeups: 0,
+        _pad: 0,
     };
 
     /// Whether events of `kind` are streamed.

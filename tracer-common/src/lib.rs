@@ -21,9 +21,7 @@ pub mod names {
     /// The CPython GIL's address range, `[start, end)`, by thread group, for processes the
     /// daemon found to run CPython.
     pub const GIL: &str = "GIL";
-    /// Futex calls in flight, keyed by thread id.
-    pub const FUTEX_CALLS: &str = "FUTEX_CALLS";
-    /// Global: [`crate::fields::Fields`], tracepoint field offsets read from tracefs.
+    /// Global: [`crate::fields::Fields`], offsets read from tracefs and the kernel's BTF.
     pub const FIELDS: &str = "FIELDS";
     /// Global: [`crate::fields::Settings`].
     pub const SETTINGS: &str = "SETTINGS";

@@ -51,6 +51,26 @@ pub struct Snapshot {
     pub derived: Counts,
 }
 
+/// A futex wait call in flight, kept in its thread's entry from entry to return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FutexCall {
+    /// When the call started; 0 when the thread is in no futex wait call.
+    pub start_ns: u64,
+    pub uaddr: u64,
+    pub op: u32,
+    pub nr_futexes: u32,
+}
+
+impl FutexCall {
+    pub const NONE: Self = Self {
+        start_ns: 0,
+        uaddr: 0,
+        op: 0,
+        nr_futexes: 0,
+    };
+}
+
 /// One thread's state and counters. Counters cover only the time the thread was traced.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +96,7 @@ pub struct ThreadStats {
     pub on_cpu_ns: u64,
     /// Time runnable but waiting for a CPU.
     pub runqueue_wait_ns: u64,
-    /// Number of run-queue waits that ended on a CPU.
+    /// Run-queue waits in `runqueue_hist`.
     pub runqueue_waits: u64,
     /// Time switched out and not runnable.
     pub off_cpu_ns: u64,
@@ -88,7 +108,9 @@ pub struct ThreadStats {
     /// their time.
     pub gil_waits: u64,
     pub gil_wait_ns: u64,
-    /// Log2 histogram of run-queue waits.
+    /// The futex wait call the thread is in, if any.
+    pub futex_call: FutexCall,
+    /// Log2 histogram of run-queue waits, as the kernel measured each (its run delay).
     pub runqueue_hist: [u32; HISTOGRAM_BUCKETS],
     /// Log2 histogram of futex wait calls.
     pub futex_hist: [u32; HISTOGRAM_BUCKETS],
@@ -121,6 +143,7 @@ impl ThreadStats {
             futex_wait_ns: 0,
             gil_waits: 0,
             gil_wait_ns: 0,
+            futex_call: FutexCall::NONE,
             runqueue_hist: [0; HISTOGRAM_BUCKETS],
             futex_hist: [0; HISTOGRAM_BUCKETS],
         }

@@ -2,11 +2,12 @@
 //! and `sys_enter_futex_waitv`/`sys_exit_futex_waitv`.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use tracer_common::event::{EventKind, FUTEX_WAITV_OP, FutexWait, is_futex_wait};
-
-use crate::maps::{
-    FUTEX_CALLS, FutexCall, GIL, current, emit, field, header, now_ns, observe, record, thread,
+use tracer_common::{
+    event::{EventKind, FUTEX_WAITV_OP, FutexWait, is_futex_wait},
+    thread::FutexCall,
 };
+
+use crate::maps::{GIL, current, emit, field, header, now_ns, observe, record, thread};
 
 /// Offset of `uaddr` in the user's `struct futex_waitv { u64 val; u64 uaddr; u32 flags; u32 __reserved; }`,
 /// a fixed user ABI.
@@ -62,44 +63,44 @@ fn try_enter_futex_waitv(ctx: &TracePointContext) -> Result<(), i32> {
     enter(uaddr, FUTEX_WAITV_OP, nr_futexes)
 }
 
+/// Keeps the call in the thread's entry until it returns: no map operation of its own.
 #[inline(always)]
 fn enter(uaddr: u64, op: u32, nr_futexes: u32) -> Result<(), i32> {
     let (tid, tgid) = current();
     let now = now_ns();
-    if thread(tid, tgid, now).is_none() {
+    let Some(t) = thread(tid, tgid, now) else {
         return Ok(());
-    }
-    let call = FutexCall {
+    };
+    t.futex_call = FutexCall {
         start_ns: now,
         uaddr,
         op,
         nr_futexes,
     };
-    FUTEX_CALLS.insert(tid, call, 0).map_err(|e| e as i32)
+    Ok(())
 }
 
 fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let (tid, tgid) = current();
-    // SAFETY: plain copy of the value; the entry is removed right after.
-    let Some(call) = (unsafe { FUTEX_CALLS.get(tid) }).copied() else {
+    let now = now_ns();
+    let Some(t) = thread(tid, tgid, now) else {
         return Ok(());
     };
-    let _ = FUTEX_CALLS.remove(tid);
-    // SAFETY: offset from the tracepoint's own format file.
-    let ret = unsafe { record::<i64>(ctx, field!(sys_exit_ret)) };
-    let now = now_ns();
+    let call = t.futex_call;
+    if call.start_ns == 0 {
+        return Ok(());
+    }
+    t.futex_call = FutexCall::NONE;
     let waited = now.saturating_sub(call.start_ns);
-    if let Some(t) = thread(tid, tgid, now) {
-        t.futex_waits += 1;
-        t.futex_wait_ns += waited;
-        observe(&mut t.futex_hist, waited);
-        // SAFETY: a plain copy of the value.
-        if let Some(&[start, end]) = unsafe { GIL.get(tgid) }
-            && (start..end).contains(&call.uaddr)
-        {
-            t.gil_waits += 1;
-            t.gil_wait_ns += waited;
-        }
+    t.futex_waits += 1;
+    t.futex_wait_ns += waited;
+    observe(&mut t.futex_hist, waited);
+    // SAFETY: a plain copy of the value.
+    if let Some(&[start, end]) = unsafe { GIL.get(tgid) }
+        && (start..end).contains(&call.uaddr)
+    {
+        t.gil_waits += 1;
+        t.gil_wait_ns += waited;
     }
     emit(EventKind::FutexWait, || FutexWait {
         header: header(EventKind::FutexWait, now),
@@ -109,7 +110,8 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
         start_ns: call.start_ns,
         op: call.op,
         nr_futexes: call.nr_futexes,
-        ret,
+        // SAFETY: offset from the tracepoint's own format file.
+        ret: unsafe { record::<i64>(ctx, field!(sys_exit_ret)) },
     });
     Ok(())
 }

@@ -11,8 +11,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    FUTEX_CALLS, PROCESSES, Task, current, emit, field, header, insert_thread, now_ns, settings,
-    thread,
+    PROCESSES, Task, current, emit, field, header, insert_thread, now_ns, settings, thread,
 };
 
 /// `task_newtask(struct task_struct *task, unsigned long clone_flags)`, in the creator's
@@ -73,8 +72,6 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     } else {
         0
     };
-    // A thread killed inside a futex wait never returns from it.
-    let _ = FUTEX_CALLS.remove(tid);
     let (_, tgid) = current();
     let now = now_ns();
     let Some(t) = thread(tid, tgid, now) else {
@@ -91,8 +88,12 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // time the hypervisor ran something else on this virtual CPU ("steal"), which the
     // kernel leaves out of a thread's CPU time; CPU time is as of the kernel's last
     // accounting of this thread, at most a tick ago.
+    let kernel = Task::current().counts();
+    if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
+        crate::sched::observe_runqueue_wait(t, &kernel);
+    }
     t.last = Snapshot {
-        kernel: Task::current().counts(),
+        kernel,
         derived: t.derived(),
     };
     if t.snapshots == 0 {

@@ -252,15 +252,3 @@ pub fn observe(hist: &mut [u32; tracer_common::thread::HISTOGRAM_BUCKETS], ns: u
         *slot += 1;
     }
 }
-
-/// A futex wait call in flight.
-#[derive(Clone, Copy)]
-pub struct FutexCall {
-    pub start_ns: u64,
-    pub uaddr: u64,
-    pub op: u32,
-    pub nr_futexes: u32,
-}
-
-#[map]
-pub static FUTEX_CALLS: HashMap<u32, FutexCall> = HashMap::with_max_entries(16384, 0);

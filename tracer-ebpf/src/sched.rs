@@ -12,7 +12,7 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     event::{EventKind, Switch, Wakeup},
-    thread::{BORN_TRACED, Snapshot, state},
+    thread::{BORN_TRACED, Counts, Snapshot, ThreadStats, state},
 };
 
 use crate::maps::{Task, current, emit, field, header, now_ns, observe, settings, thread};
@@ -85,6 +85,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
         // (it tells a sleep cut short by a signal, which the argument shows as running).
         if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
             voluntary = kernel.voluntary_switches > t.last.kernel.voluntary_switches;
+            observe_runqueue_wait(t, &kernel);
         }
         if t.state == state::ON_CPU || t.state == state::UNKNOWN {
             t.on_cpu_ns += now.saturating_sub(t.since_ns);
@@ -110,11 +111,10 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if let Some(t) = next
         && t.state != state::EXITED
     {
-        if t.state == state::QUEUED || t.state == state::UNKNOWN {
-            let waited = now.saturating_sub(t.since_ns);
-            t.runqueue_wait_ns += waited;
-            t.runqueue_waits += 1;
-            observe(&mut t.runqueue_hist, waited);
+        // A thread never seen before may have been blocked, unless a wakeup would have
+        // been seen.
+        if t.state == state::QUEUED || t.state == state::UNKNOWN && settings().wakeups != 0 {
+            t.runqueue_wait_ns += now.saturating_sub(t.since_ns);
         }
         t.state = state::ON_CPU;
         t.since_ns = now;
@@ -136,6 +136,19 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
         }
     });
     Ok(())
+}
+
+/// Adds the run-queue wait that ended at the thread's latest switch to a CPU to its
+/// histogram, from the kernel's own count: between two readings of it (at switches out, or
+/// the exit) the thread was switched in exactly once, so its run delay grew by exactly that
+/// wait. Needs a reading before: `last` (zero for a thread born traced).
+#[inline(always)]
+pub(crate) fn observe_runqueue_wait(t: &mut ThreadStats, kernel: &Counts) {
+    let waited = kernel
+        .runqueue_wait_ns
+        .saturating_sub(t.last.kernel.runqueue_wait_ns);
+    t.runqueue_waits += 1;
+    observe(&mut t.runqueue_hist, waited);
 }
 
 /// `prev_state` as the classic `sched_switch` tracepoint reports it: the preemption bit

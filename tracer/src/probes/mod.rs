@@ -63,6 +63,8 @@ pub struct Probes {
     fields: Fields,
     /// Whether `sched_waking` events are wanted: its program only streams them.
     wakers: bool,
+    /// Whether `sched_wakeup` and `sched_wakeup_new` are attached (see [`wants_wakeups`]).
+    wakeups: bool,
 }
 
 impl Probes {
@@ -72,12 +74,15 @@ impl Probes {
         let root = tracefs::root()?;
         let fields = fields::read(&root)?;
         raise_memlock_limit();
+        let wakeups = wants_wakeups(&options);
         let settings = Settings {
             filtered: u32::from(options.filtered),
             stream: options
                 .stream
                 .iter()
                 .fold(0, |mask, kind| mask | kind.bit()),
+            wakeups: u32::from(wakeups),
+            _pad: 0,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::FIELDS, &fields, true)
@@ -106,6 +111,7 @@ impl Probes {
             ebpf,
             fields,
             wakers,
+            wakeups,
         })
     }
 
@@ -140,7 +146,12 @@ impl Probes {
             message: error_chain(e),
         };
         for name in BTF_TRACEPOINTS {
-            if name == "sched_waking" && !self.wakers {
+            let skipped = match name {
+                "sched_waking" => !self.wakers,
+                "sched_wakeup" | "sched_wakeup_new" => !self.wakeups,
+                _ => false,
+            };
+            if skipped {
                 continue;
             }
             let program: &mut BtfTracePoint = program_mut(&mut self.ebpf, name)?;
@@ -281,6 +292,14 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 /// How long to keep reading after a capture stops, for events still in flight
 /// (a thread's last switch comes after its exit event).
 pub const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+/// Whether `sched_wakeup` and `sched_wakeup_new` are needed: for off-CPU time (a capture's
+/// summary) or their events. The daemon needs neither: the kernel's own counters, read at
+/// every switch, give it run-queue time and each run-queue wait, and a thread that sleeps
+/// and wakes often then pays for one probe where it paid for two.
+fn wants_wakeups(options: &Options) -> bool {
+    options.filtered || options.stream.contains(&EventKind::Wakeup)
+}
 
 /// The kind of event program `name` records.
 fn program_kind(name: &str) -> Option<EventKind> {
