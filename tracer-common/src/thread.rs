@@ -160,6 +160,20 @@ impl ThreadStats {
             runqueue_wait_ns: self.runqueue_wait_ns,
         }
     }
+
+    /// Keeps `kernel`, the kernel's counters read now, with the derived ones as they are now:
+    /// the latest snapshot, and the first if there was none.
+    #[inline(always)]
+    pub fn take_snapshot(&mut self, kernel: Counts) {
+        self.last = Snapshot {
+            kernel,
+            derived: self.derived(),
+        };
+        if self.snapshots == 0 {
+            self.first = self.last;
+        }
+        self.snapshots += 1;
+    }
 }
 
 /// The histogram bucket for a duration in nanoseconds: its bit length, capped.

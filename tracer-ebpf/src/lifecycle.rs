@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     event::{COMM_LEN, EventKind, ThreadCreated, ThreadExited, ThreadRenamed},
-    thread::{BORN_TRACED, Snapshot, state},
+    thread::{BORN_TRACED, state},
 };
 
 use crate::maps::{
@@ -92,14 +92,7 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
         crate::sched::observe_runqueue_wait(t, &kernel);
     }
-    t.last = Snapshot {
-        kernel,
-        derived: t.derived(),
-    };
-    if t.snapshots == 0 {
-        t.first = t.last;
-    }
-    t.snapshots += 1;
+    t.take_snapshot(kernel);
     emit(EventKind::ThreadExited, || ThreadExited {
         header: header(EventKind::ThreadExited, now),
         tid,

@@ -12,7 +12,7 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     event::{EventKind, Switch, Wakeup},
-    thread::{BORN_TRACED, Counts, Snapshot, ThreadStats, state},
+    thread::{BORN_TRACED, Counts, ThreadStats, state},
 };
 
 use crate::maps::{Task, current, emit, field, header, now_ns, observe, settings, thread};
@@ -48,10 +48,10 @@ pub fn sched_waking(ctx: BtfTracePointContext) -> i32 {
 }
 
 fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    // The previous thread is the current one: its ids need no read. Nothing else is read
-    // until one of the two threads turns out to be traced.
-    let (prev_tid, prev_tgid) = current();
+    // Nothing else is read until one of the two threads turns out to be traced.
+    let prev_task = Task(ctx.arg::<*const u8>(1));
     let next_task = Task(ctx.arg::<*const u8>(2));
+    let (prev_tid, prev_tgid) = prev_task.ids();
     let (next_tid, next_tgid) = next_task.ids();
     let now = now_ns();
     let prev = if prev_tid == 0 {
@@ -80,7 +80,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
         && t.state != state::EXITED
     {
         t.tgid = prev_tgid;
-        let kernel = Task::current().counts();
+        let kernel = prev_task.counts();
         // With a known starting point, the kernel's own count says which kind this switch was
         // (it tells a sleep cut short by a signal, which the argument shows as running).
         if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
@@ -98,14 +98,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
             t.state = state::QUEUED;
         }
         t.since_ns = now;
-        t.last = Snapshot {
-            kernel,
-            derived: t.derived(),
-        };
-        if t.snapshots == 0 {
-            t.first = t.last;
-        }
-        t.snapshots += 1;
+        t.take_snapshot(kernel);
     }
 
     if let Some(t) = next
@@ -120,20 +113,17 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
         t.since_ns = now;
     }
 
-    emit(EventKind::Switch, || {
-        let prev_task = Task::current();
-        Switch {
-            header: header(EventKind::Switch, now),
-            prev_tid,
-            prev_tgid: if prev_tid == 0 { 0 } else { prev_tgid },
-            next_tid,
-            next_tgid: if next_tid == 0 { 0 } else { next_tgid },
-            prev_state: reported_state(preempt, prev_state, prev_task),
-            prev_prio: prev_task.prio(),
-            next_prio: next_task.prio(),
-            voluntary: voluntary as u32,
-            _pad: 0,
-        }
+    emit(EventKind::Switch, || Switch {
+        header: header(EventKind::Switch, now),
+        prev_tid,
+        prev_tgid: if prev_tid == 0 { 0 } else { prev_tgid },
+        next_tid,
+        next_tgid: if next_tid == 0 { 0 } else { next_tgid },
+        prev_state: reported_state(preempt, prev_state, prev_task),
+        prev_prio: prev_task.prio(),
+        next_prio: next_task.prio(),
+        voluntary: voluntary as u32,
+        _pad: 0,
     });
     Ok(())
 }

@@ -18,6 +18,9 @@ pub struct Section {
     pub text: String,
 }
 
+/// The heading from which `BENCHMARKS.md` is a record of earlier runs, which a new run keeps.
+const HISTORY: &str = "## Changes measured";
+
 /// Runs every benchmark and writes `BENCHMARKS.md`.
 pub fn run(root: &Path) -> Result<()> {
     let mut sections = vec![scrape_latency(root)?];
@@ -30,7 +33,14 @@ pub fn run(root: &Path) -> Result<()> {
     for s in sections {
         let _ = writeln!(doc, "## {}\n\n{}\n", s.title, s.text.trim_end());
     }
-    std::fs::write(root.join("BENCHMARKS.md"), doc)?;
+    // The record of earlier runs, kept by hand, stays as it is.
+    let path = root.join("BENCHMARKS.md");
+    if let Ok(old) = std::fs::read_to_string(&path)
+        && let Some(at) = old.find(HISTORY)
+    {
+        doc.push_str(&old[at..]);
+    }
+    std::fs::write(&path, doc)?;
     eprintln!("xtask: wrote BENCHMARKS.md");
     Ok(())
 }

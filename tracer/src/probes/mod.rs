@@ -25,16 +25,17 @@ use crate::{
 /// The eBPF object built by `build.rs`, embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer.bpf.o"));
 
-/// BTF tracepoints, by program and tracepoint name (the same), in attach order: lifecycle
-/// first, so that no thread is created unseen once scheduling events flow.
-const BTF_TRACEPOINTS: [&str; 7] = [
-    "task_newtask",
-    "task_rename",
-    "sched_process_exit",
-    "sched_wakeup_new",
-    "sched_waking",
-    "sched_wakeup",
-    "sched_switch",
+/// BTF tracepoints: program and tracepoint name (the same), and the tracepoint's group, in
+/// attach order: lifecycle first, so that no thread is created unseen once scheduling events
+/// flow.
+const BTF_TRACEPOINTS: [(&str, &str); 7] = [
+    ("task_newtask", "task"),
+    ("task_rename", "task"),
+    ("sched_process_exit", "sched"),
+    ("sched_wakeup_new", "sched"),
+    ("sched_waking", "sched"),
+    ("sched_wakeup", "sched"),
+    ("sched_switch", "sched"),
 ];
 
 /// Syscall tracepoints, by program and tracepoint name (the same).
@@ -91,7 +92,7 @@ impl Probes {
             .load(OBJECT)
             .map_err(|e| Error::Load(error_chain(&e)))?;
         let btf = aya::Btf::from_sys_fs().map_err(|e| Error::Load(error_chain(&e)))?;
-        for name in BTF_TRACEPOINTS {
+        for (name, _) in BTF_TRACEPOINTS {
             let program: &mut BtfTracePoint = program_mut(&mut ebpf, name)?;
             program
                 .load(name, &btf)
@@ -145,7 +146,7 @@ impl Probes {
             name: name.into(),
             message: error_chain(e),
         };
-        for name in BTF_TRACEPOINTS {
+        for (name, group) in BTF_TRACEPOINTS {
             let skipped = match name {
                 "sched_waking" => !self.wakers,
                 "sched_wakeup" | "sched_wakeup_new" => !self.wakeups,
@@ -155,7 +156,7 @@ impl Probes {
                 continue;
             }
             let program: &mut BtfTracePoint = program_mut(&mut self.ebpf, name)?;
-            program.attach().map_err(|e| failed(name, "btf", &e))?;
+            program.attach().map_err(|e| failed(name, group, &e))?;
         }
         for name in SYSCALL_TRACEPOINTS {
             if self.fields.waitv_waiters == 0 && name.ends_with("waitv") {
