@@ -224,6 +224,7 @@ fn programs() -> Check {
             filtered,
             stream: &EventKind::ALL,
             max_threads: 64,
+            futex: true,
         })
         .err()
         .map(|e| format!("{mode}: {e}"))

@@ -105,6 +105,58 @@ fn metrics_match_the_kernels_counters() {
 }
 
 #[test]
+fn futex_probes_can_be_left_out() {
+    if !can_trace("futex_probes_can_be_left_out") {
+        return;
+    }
+    let dir = scratch();
+    let config = dir.path().join("tracer.toml");
+    std::fs::write(&config, "futex_waits = false\n").unwrap();
+    let daemon = Daemon::start(&["--config", config.to_str().unwrap()], &[]);
+    let truth_path = dir.path().join("truth.json");
+    let (workload, process) = private_workload(dir.path());
+    let status = Command::new(&workload)
+        .arg("mixed")
+        .env("TRACER_TRUTH", &truth_path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(SETTLE);
+    let samples = daemon.samples();
+    let truth = read_json(&truth_path);
+    let mut contenders = 0;
+    for t in truth["threads"].as_array().unwrap() {
+        if t["lock_contender"].as_bool() != Some(true) || t["renames"].as_array().unwrap().len() > 1
+        {
+            continue;
+        }
+        contenders += 1;
+        let pt = [
+            ("process", process.as_str()),
+            ("thread", t["comm"].as_str().unwrap()),
+        ];
+        // The thread blocked on its lock, and its switches are still counted...
+        let voluntary = value(
+            &samples,
+            "tracer_thread_context_switches_total",
+            &[pt[0], pt[1], ("kind", "voluntary")],
+        );
+        let want = t["voluntary_switches"].as_u64().unwrap();
+        assert!(
+            (voluntary as u64).abs_diff(want) <= 3.max(want / 50),
+            "{pt:?}: {voluntary} voluntary switches vs kernel {want}"
+        );
+        // ...but no futex wait is seen.
+        assert_eq!(
+            value(&samples, "tracer_futex_wait_seconds_count", &pt),
+            0.0,
+            "{pt:?}"
+        );
+    }
+    assert!(contenders > 0, "the workload has lock contenders");
+}
+
+#[test]
 fn hostile_thread_names_are_escaped() {
     if !can_trace("hostile_thread_names_are_escaped") {
         return;

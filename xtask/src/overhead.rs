@@ -26,6 +26,8 @@ const BASELINE_ENV: &str = "TRACER_BENCH_BASELINE";
 enum Tracer {
     None,
     Daemon,
+    /// `tracer daemon` with `futex_waits = false`: no syscall tracepoints.
+    DaemonWithoutFutex,
     /// `tracer daemon` of the binary named by [`BASELINE_ENV`].
     Baseline,
     /// `tracer record --pid` of an unrelated sleeping process: what the filter costs others.
@@ -37,7 +39,7 @@ enum Tracer {
 impl Tracer {
     /// Every tracer of this run: the baseline only when one is named.
     fn all() -> Vec<Self> {
-        let mut all = vec![Self::None, Self::Daemon];
+        let mut all = vec![Self::None, Self::Daemon, Self::DaemonWithoutFutex];
         if std::env::var_os(BASELINE_ENV).is_some() {
             all.push(Self::Baseline);
         }
@@ -49,6 +51,7 @@ impl Tracer {
         match self {
             Self::None => "untraced",
             Self::Daemon => "`tracer daemon`",
+            Self::DaemonWithoutFutex => "`tracer daemon`, `futex_waits = false`",
             Self::Baseline => "baseline `tracer daemon`",
             Self::RecordOther => "`tracer record` of another process",
             Self::Bpftrace => "bpftrace off-CPU script",
@@ -110,6 +113,13 @@ fn start(root: &Path, tracer: Tracer, scratch: &Path) -> Result<Running> {
         Tracer::Daemon => Running::Daemon {
             _daemon: Daemon::start(root, None)?,
         },
+        Tracer::DaemonWithoutFutex => {
+            let config = scratch.join("no-futex.toml");
+            std::fs::write(&config, "futex_waits = false\n")?;
+            Running::Daemon {
+                _daemon: Daemon::start(root, Some(&config))?,
+            }
+        }
         Tracer::Baseline => Running::Daemon {
             _daemon: Daemon::start_binary(
                 Path::new(&std::env::var_os(BASELINE_ENV).context(BASELINE_ENV)?),

@@ -28,6 +28,10 @@ pub struct Config {
     pub thread_name_rules: Vec<NameRule>,
     /// Threads the kernel map can hold at once.
     pub max_traced_threads: u32,
+    /// Whether futex wait calls are traced (`tracer_futex_wait_seconds`, GIL waits). The
+    /// futex probes are syscall tracepoints, and while any is attached the kernel sends every
+    /// system call of every thread through its tracing path; off, that cost is gone too.
+    pub futex_waits: bool,
 }
 
 /// Rewrites thread names matching `pattern` (a regular expression) to `replacement`
@@ -49,6 +53,7 @@ impl Default for Config {
             exclude_processes: Vec::new(),
             thread_name_rules: Vec::new(),
             max_traced_threads: 32768,
+            futex_waits: true,
         }
     }
 }

@@ -87,6 +87,7 @@ async fn serve(args: Args, config: Config) -> Result<()> {
         filtered: false,
         stream: &STREAMED,
         max_threads: config.max_traced_threads,
+        futex: config.futex_waits,
     })?;
     let ring = probes.take_events()?;
     probes.attach()?;
@@ -261,6 +262,9 @@ fn reload(args: &Args, shared: &Shared) {
             let mut current = shared.config.write().expect("config lock");
             if config.listen != current.0.listen {
                 eprintln!("tracer: the listen address changes only on restart");
+            }
+            if config.futex_waits != current.0.futex_waits {
+                eprintln!("tracer: futex_waits changes only on restart");
             }
             *current = (config, compiled);
             eprintln!("tracer: configuration reloaded");

@@ -56,6 +56,8 @@ pub struct Options {
     pub stream: &'static [EventKind],
     /// Capacity of the per-thread map.
     pub max_threads: u32,
+    /// Whether futex wait calls are traced.
+    pub futex: bool,
 }
 
 /// tracer's programs, loaded into the kernel.
@@ -66,6 +68,8 @@ pub struct Probes {
     wakers: bool,
     /// Whether `sched_wakeup` and `sched_wakeup_new` are attached (see [`wants_wakeups`]).
     wakeups: bool,
+    /// Whether the futex programs are loaded and attached.
+    futex: bool,
 }
 
 impl Probes {
@@ -99,7 +103,7 @@ impl Probes {
                 .map_err(|e| Error::Load(format!("{name}: {}", error_chain(&e))))?;
         }
         for name in SYSCALL_TRACEPOINTS {
-            if fields.waitv_waiters == 0 && name.ends_with("waitv") {
+            if !options.futex || fields.waitv_waiters == 0 && name.ends_with("waitv") {
                 continue;
             }
             let program: &mut TracePoint = program_mut(&mut ebpf, name)?;
@@ -113,6 +117,7 @@ impl Probes {
             fields,
             wakers,
             wakeups,
+            futex: options.futex,
         })
     }
 
@@ -159,7 +164,7 @@ impl Probes {
             program.attach().map_err(|e| failed(name, group, &e))?;
         }
         for name in SYSCALL_TRACEPOINTS {
-            if self.fields.waitv_waiters == 0 && name.ends_with("waitv") {
+            if !self.futex || self.fields.waitv_waiters == 0 && name.ends_with("waitv") {
                 continue;
             }
             let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;

@@ -165,6 +165,7 @@ async fn capture(
         filtered: true,
         stream: &EventKind::ALL,
         max_threads: 16384,
+        futex: true,
     })?;
     let mut table = ThreadTable::default();
     let tids = procfs::threads(pid)?;
