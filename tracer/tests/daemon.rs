@@ -17,15 +17,14 @@ use support::{
 /// Long enough for exited threads to be moved from the kernel map into their series.
 const SETTLE: Duration = Duration::from_millis(1500);
 
-#[test]
-fn metrics_match_the_kernels_counters() {
-    if !can_trace("metrics_match_the_kernels_counters") {
-        return;
-    }
-    let daemon = Daemon::start(&[], &[]);
-    let dir = scratch();
-    let truth_path = dir.path().join("truth.json");
-    let (workload, process) = private_workload(dir.path());
+/// Runs the Rust workload's `mixed` scenario (as a process of its own name, from `dir`) to
+/// its end while `daemon` runs: the daemon's samples after it, its truth, its process name.
+fn run_mixed_workload(
+    daemon: &Daemon,
+    dir: &std::path::Path,
+) -> (Vec<support::prom::Sample>, serde_json::Value, String) {
+    let truth_path = dir.join("truth.json");
+    let (workload, process) = private_workload(dir);
     let status = Command::new(&workload)
         .arg("mixed")
         .env("TRACER_TRUTH", &truth_path)
@@ -33,8 +32,17 @@ fn metrics_match_the_kernels_counters() {
         .unwrap();
     assert!(status.success());
     std::thread::sleep(SETTLE);
-    let samples = daemon.samples();
-    let truth = read_json(&truth_path);
+    (daemon.samples(), read_json(&truth_path), process)
+}
+
+#[test]
+fn metrics_match_the_kernels_counters() {
+    if !can_trace("metrics_match_the_kernels_counters") {
+        return;
+    }
+    let daemon = Daemon::start(&[], &[]);
+    let dir = scratch();
+    let (samples, truth, process) = run_mixed_workload(&daemon, dir.path());
     let process = process.as_str();
     let threads = truth["threads"].as_array().unwrap();
     let created = value(
@@ -113,17 +121,7 @@ fn futex_probes_can_be_left_out() {
     let config = dir.path().join("tracer.toml");
     std::fs::write(&config, "futex_waits = false\n").unwrap();
     let daemon = Daemon::start(&["--config", config.to_str().unwrap()], &[]);
-    let truth_path = dir.path().join("truth.json");
-    let (workload, process) = private_workload(dir.path());
-    let status = Command::new(&workload)
-        .arg("mixed")
-        .env("TRACER_TRUTH", &truth_path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    std::thread::sleep(SETTLE);
-    let samples = daemon.samples();
-    let truth = read_json(&truth_path);
+    let (samples, truth, process) = run_mixed_workload(&daemon, dir.path());
     let mut contenders = 0;
     for t in truth["threads"].as_array().unwrap() {
         if t["lock_contender"].as_bool() != Some(true) || t["renames"].as_array().unwrap().len() > 1
