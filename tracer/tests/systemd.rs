@@ -25,12 +25,17 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A staging root outside /tmp (services get a private /tmp), readable by the service's
-/// unprivileged user.
+/// A staging root outside /tmp and /var/tmp (services get private ones, and the namespace
+/// its own /tmp), readable by the service's unprivileged user.
 fn staging(name: &str) -> tempfile::TempDir {
+    let mut base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    if base.starts_with("/tmp") || base.starts_with("/var/tmp") {
+        base = PathBuf::from("/var/lib/tracer-tests");
+        std::fs::create_dir_all(&base).expect("staging base");
+    }
     let dir = tempfile::Builder::new()
         .prefix(name)
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .tempdir_in(base)
         .expect("staging dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
