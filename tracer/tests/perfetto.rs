@@ -55,21 +55,21 @@ fn check(pydeps: &Path, trace: &Path, args: &[&str]) {
     );
 }
 
-/// `tracer record -o OUT... -- CMD ARGS` with `TRACER_TRUTH=TRUTH` for the workload.
-fn record_to(outputs: &[&Path], truth: &Path, command: &[&Path], args: &[&str]) {
-    let mut tracer = Command::new(tracer());
-    tracer.arg("record");
-    for out in outputs {
-        tracer.arg("--output").arg(out);
-    }
-    let output = tracer
-        .arg("--")
-        .args(command)
-        .args(args)
-        .env("TRACER_TRUTH", truth)
-        .output()
-        .expect("running tracer");
-    expect_success("tracer record", &output);
+/// Checks `trace` against the workload's `truth` and tracer's `summary` of it, recorded in
+/// `form` (`command` or `pid`).
+fn check_against_truth(pydeps: &Path, trace: &Path, truth: &Path, summary: &Path, form: &str) {
+    check(
+        pydeps,
+        trace,
+        &[
+            "--truth",
+            truth.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+            "--form",
+            form,
+        ],
+    );
 }
 
 /// `record -- CMD` of a workload to a trace and a summary, checked against its truth.
@@ -81,19 +81,8 @@ fn trace_and_check(test: &str, command: &[&Path], args: &[&str]) {
     let dir = scratch();
     let [trace, summary, truth] =
         ["capture.pftrace", "capture.json", "truth.json"].map(|f| dir.path().join(f));
-    record_to(&[&trace, &summary], &truth, command, args);
-    check(
-        &pydeps,
-        &trace,
-        &[
-            "--truth",
-            truth.to_str().unwrap(),
-            "--summary",
-            summary.to_str().unwrap(),
-            "--form",
-            "command",
-        ],
-    );
+    record_command(&[&trace, &summary], &truth, command, args);
+    check_against_truth(&pydeps, &trace, &truth, &summary, "command");
 }
 
 #[test]
@@ -137,18 +126,7 @@ fn rust_mixed_workload_trace_by_pid() {
     let status = wait_with_limit(&mut tracer, Duration::from_secs(60));
     assert!(status.success(), "tracer record --pid: {status}");
     assert!(workload.child.wait().unwrap().success());
-    check(
-        &pydeps,
-        &trace,
-        &[
-            "--truth",
-            truth.to_str().unwrap(),
-            "--summary",
-            summary.to_str().unwrap(),
-            "--form",
-            "pid",
-        ],
-    );
+    check_against_truth(&pydeps, &trace, &truth, &summary, "pid");
 }
 
 #[test]

@@ -133,16 +133,9 @@ fn python_thread_names_on_every_version() {
     }
     let script = python_workload("names.py");
     for (python, version) in pythons() {
-        let dir = scratch();
-        let (out, truth) = (
-            dir.path().join("capture.json"),
-            dir.path().join("truth.json"),
-        );
-        record_command(&out, &truth, &[&python, &script], &[]);
-        let (summary, truth) = (read_json(&out), read_json(&truth));
+        let (summary, truth, text) = record_summary(&[&python, &script], &[]);
         check_names(&summary, &truth, true, &format!("Python {version}"));
         // The names are kept whole in the file, whatever their script.
-        let text = std::fs::read_to_string(&out).unwrap();
         for name in ["名前-スレッド-ünïcödé", "émoji-🧵-thread", "café-crème"] {
             assert!(text.contains(name), "{version}: {name} not in the summary");
         }
@@ -310,13 +303,7 @@ fn gil_waits_of_cpu_bound_and_io_bound_threads_on_every_version() {
     }
     let script = python_workload("io_vs_cpu.py");
     for (python, version) in pythons() {
-        let dir = scratch();
-        let (out, truth) = (
-            dir.path().join("capture.json"),
-            dir.path().join("truth.json"),
-        );
-        record_command(&out, &truth, &[&python, &script], &[]);
-        let (summary, truth) = (read_json(&out), read_json(&truth));
+        let (summary, truth, _) = record_summary(&[&python, &script], &[]);
         let mut problems = Vec::new();
         let mut line = format!("Python {version}:");
         let mut ratio = |role: &str| -> Vec<f64> {

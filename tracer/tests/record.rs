@@ -16,13 +16,8 @@ fn record_and_compare(test: &str, command: &[&Path], args: &[&str]) {
     if !can_trace(test) {
         return;
     }
-    let dir = scratch();
-    let (out, truth) = (
-        dir.path().join("capture.json"),
-        dir.path().join("truth.json"),
-    );
-    record_command(&out, &truth, command, args);
-    assert_matches(&read_json(&out), &read_json(&truth), Form::Command);
+    let (summary, truth, _) = record_summary(command, args);
+    assert_matches(&summary, &truth, Form::Command);
 }
 
 /// `record --pid` of a gated workload, released once tracer is attached.

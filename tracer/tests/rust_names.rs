@@ -34,13 +34,8 @@ fn record_scenario(test: &str, scenario: &str) -> Option<(Value, Value)> {
     if !can_trace(test) {
         return None;
     }
-    let dir = scratch();
-    let (out, truth) = (
-        dir.path().join("capture.json"),
-        dir.path().join("truth.json"),
-    );
-    record_command(&out, &truth, &[Path::new(&rust_workload())], &[scenario]);
-    Some((read_json(&out), read_json(&truth)))
+    let (summary, truth, _) = record_summary(&[Path::new(&rust_workload())], &[scenario]);
+    Some((summary, truth))
 }
 
 #[test]

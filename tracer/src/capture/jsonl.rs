@@ -36,11 +36,7 @@ impl EventWriter {
 
     /// Flushes and syncs the file: every line written is complete on disk.
     pub fn finish(mut self) -> Result<()> {
-        self.out.flush().map_err(|source| self.error(source))?;
-        self.out
-            .get_ref()
-            .sync_all()
-            .map_err(|source| self.error(source))
+        super::flush_and_sync(&mut self.out).map_err(|source| self.error(source))
     }
 
     fn error(&self, source: std::io::Error) -> Error {

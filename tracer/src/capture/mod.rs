@@ -7,6 +7,13 @@ pub mod summary;
 pub mod table;
 pub mod threads;
 
+/// Writes out what `out` buffers and syncs the file, so that everything written is on disk
+/// when an output is finished.
+pub fn flush_and_sync(out: &mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()> {
+    std::io::Write::flush(out)?;
+    out.get_ref().sync_all()
+}
+
 /// A kernel task name from its fixed-size, NUL-padded bytes. Names are untrusted input:
 /// invalid UTF-8 is replaced, nothing is dropped.
 pub fn comm_to_string(comm: &[u8]) -> String {

@@ -104,12 +104,14 @@ pub fn expect_success(what: &str, output: &Output) {
     );
 }
 
-/// `tracer record --output OUT -- CMD...` with `TRACER_TRUTH=TRUTH` for the workload.
-pub fn record_command(out: &Path, truth: &Path, command: &[&Path], args: &[&str]) -> Output {
-    let output = Command::new(tracer())
-        .arg("record")
-        .arg("--output")
-        .arg(out)
+/// `tracer record --output OUT... -- CMD...` with `TRACER_TRUTH=TRUTH` for the workload.
+pub fn record_command(outputs: &[&Path], truth: &Path, command: &[&Path], args: &[&str]) -> Output {
+    let mut tracer = Command::new(tracer());
+    tracer.arg("record");
+    for out in outputs {
+        tracer.arg("--output").arg(out);
+    }
+    let output = tracer
         .arg("--")
         .args(command)
         .args(args)
@@ -118,6 +120,19 @@ pub fn record_command(out: &Path, truth: &Path, command: &[&Path], args: &[&str]
         .expect("running tracer");
     expect_success("tracer record", &output);
     output
+}
+
+/// `record -- CMD ARGS` of a workload into a scratch directory: the JSON summary (also as
+/// the text written) and the workload's truth.
+pub fn record_summary(command: &[&Path], args: &[&str]) -> (Value, Value, String) {
+    let dir = scratch();
+    let (out, truth) = (
+        dir.path().join("capture.json"),
+        dir.path().join("truth.json"),
+    );
+    record_command(&[&out], &truth, command, args);
+    let text = std::fs::read_to_string(&out).expect("reading the summary");
+    (read_json(&out), read_json(&truth), text)
 }
 
 /// A workload started with the start gate, waiting for a line on stdin.

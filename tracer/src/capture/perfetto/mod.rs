@@ -417,11 +417,7 @@ impl TraceWriter {
                 });
             })?;
         }
-        self.out.flush().map_err(|source| self.error(source))?;
-        self.out
-            .get_ref()
-            .sync_all()
-            .map_err(|source| self.error(source))
+        crate::capture::flush_and_sync(&mut self.out).map_err(|source| self.error(source))
     }
 
     fn error(&self, source: std::io::Error) -> Error {
