@@ -116,7 +116,7 @@ pub struct ThreadRenamed {
     pub header: Header,
     /// The renamed thread.
     pub tid: u32,
-    /// Its thread group, when known (0 if not).
+    /// Its thread group.
     pub tgid: u32,
     /// The thread that wrote the name.
     pub writer_tid: u32,
@@ -133,7 +133,7 @@ pub struct Switch {
     pub prev_tid: u32,
     pub prev_tgid: u32,
     pub next_tid: u32,
-    /// Thread group of the next thread when known (0 if not).
+    /// Thread group of the next thread (0 for a CPU's idle task).
     pub next_tgid: u32,
     /// `prev_state` as the tracepoint reports it.
     pub prev_state: u64,

@@ -75,7 +75,7 @@ impl FutexCall {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ThreadStats {
-    /// Thread group id; 0 until the thread has been seen running.
+    /// Thread group id.
     pub tgid: u32,
     /// One of [`state`].
     pub state: u32,

@@ -169,7 +169,7 @@ pub fn header(kind: EventKind, ts_ns: u64) -> Header {
 }
 
 /// The traced thread `tid`, if it is traced. In unfiltered mode every thread is, and an
-/// entry is made on first sight (`tgid` 0 when not known yet).
+/// entry is made on first sight.
 #[inline(always)]
 pub fn thread(tid: u32, tgid: u32, now: u64) -> Option<&'static mut ThreadStats> {
     if let Some(t) = THREADS.get_ptr_mut(tid) {

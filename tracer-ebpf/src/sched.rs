@@ -48,7 +48,7 @@ pub fn sched_waking(ctx: BtfTracePointContext) -> i32 {
 }
 
 fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
-    // Nothing else is read until one of the two threads turns out to be traced.
+    // Only the ids are read until one of the two threads turns out to be traced.
     let prev_task = Task(ctx.arg::<*const u8>(1));
     let next_task = Task(ctx.arg::<*const u8>(2));
     let (prev_tid, prev_tgid) = prev_task.ids();
@@ -79,7 +79,6 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     if let Some(t) = prev
         && t.state != state::EXITED
     {
-        t.tgid = prev_tgid;
         let kernel = prev_task.counts();
         // With a known starting point, the kernel's own count says which kind this switch was
         // (it tells a sleep cut short by a signal, which the argument shows as running).
@@ -116,9 +115,9 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     emit(EventKind::Switch, || Switch {
         header: header(EventKind::Switch, now),
         prev_tid,
-        prev_tgid: if prev_tid == 0 { 0 } else { prev_tgid },
+        prev_tgid,
         next_tid,
-        next_tgid: if next_tid == 0 { 0 } else { next_tgid },
+        next_tgid,
         prev_state: reported_state(preempt, prev_state, prev_task),
         prev_prio: prev_task.prio(),
         next_prio: next_task.prio(),
