@@ -52,7 +52,11 @@ pub struct Settings {
     /// Non-zero when `sched_wakeup` and `sched_wakeup_new` are attached, so that a thread's
     /// switch to a CPU can be told from a return from a sleep the probes did not see.
     pub wakeups: u32,
-    pub _pad: u32,
+    /// Non-zero: `sched_switch` keeps no state of its own. It takes the kernel's counters of
+    /// the thread it switches out and notes in `ON_CPU` which thread each CPU runs; user
+    /// space reads the kernel's counters of those threads for the time since (the daemon,
+    /// which needs no per-event state).
+    pub kernel_counts: u32,
 }
 
 impl Fields {
@@ -84,7 +88,7 @@ impl Settings {
         filtered: 0,
         stream: 0,
         wakeups: 0,
-        _pad: 0,
+        kernel_counts: 0,
     };
 
     /// Whether events of `kind` are streamed.

@@ -68,7 +68,7 @@ fn try_enter_futex_waitv(ctx: &TracePointContext) -> Result<(), i32> {
 fn enter(uaddr: u64, op: u32, nr_futexes: u32) -> Result<(), i32> {
     let (tid, tgid) = current();
     let now = now_ns();
-    let Some(t) = thread(tid, tgid, now) else {
+    let Some(t) = thread(tid, tgid, || now) else {
         return Ok(());
     };
     t.futex_call = FutexCall {
@@ -82,14 +82,15 @@ fn enter(uaddr: u64, op: u32, nr_futexes: u32) -> Result<(), i32> {
 
 fn try_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let (tid, tgid) = current();
-    let now = now_ns();
-    let Some(t) = thread(tid, tgid, now) else {
+    let Some(t) = thread(tid, tgid, now_ns) else {
         return Ok(());
     };
+    // Most futex calls are wakes, with no wait in flight: they return here.
     let call = t.futex_call;
     if call.start_ns == 0 {
         return Ok(());
     }
+    let now = now_ns();
     t.futex_call = FutexCall::NONE;
     let waited = now.saturating_sub(call.start_ns);
     t.futex_waits += 1;

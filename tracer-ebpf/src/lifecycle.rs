@@ -11,7 +11,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    PROCESSES, Task, current, emit, field, header, insert_thread, now_ns, settings, thread,
+    Task, current, emit, field, header, insert_thread, now_ns, settings, thread, traced_process,
 };
 
 /// `task_newtask(struct task_struct *task, unsigned long clone_flags)`, in the creator's
@@ -45,8 +45,7 @@ fn try_task_newtask(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let now = now_ns();
     if settings().filtered != 0 {
         // A capture follows the threads of its target processes only.
-        // SAFETY: plain lookup of a value we do not keep.
-        if unsafe { PROCESSES.get(tgid) }.is_none() {
+        if !traced_process(tgid) {
             return Ok(());
         }
     }
@@ -74,11 +73,12 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     };
     let (_, tgid) = current();
     let now = now_ns();
-    let Some(t) = thread(tid, tgid, now) else {
+    let Some(t) = thread(tid, tgid, || now) else {
         return Ok(());
     };
-    // The exiting thread is on its CPU: close its time there and stop counting.
-    if t.state == state::ON_CPU || t.state == state::UNKNOWN {
+    // The exiting thread is on its CPU: close its time there and stop counting (in
+    // kernel-counts mode the snapshot below says it all).
+    if settings().kernel_counts == 0 && (t.state == state::ON_CPU || t.state == state::UNKNOWN) {
         t.on_cpu_ns += now.saturating_sub(t.since_ns);
     }
     t.state = state::EXITED;
@@ -110,7 +110,7 @@ fn try_task_rename(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // The writer is not always the renamed thread (`/proc/PID/task/TID/comm`).
     let (tid, tgid) = task.ids();
     let now = now_ns();
-    if thread(tid, tgid, now).is_none() {
+    if thread(tid, tgid, || now).is_none() {
         return Ok(());
     }
     let (writer_tid, _) = current();

@@ -7,11 +7,13 @@ use aya_ebpf::{
         generated::bpf_get_current_task_btf,
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
+    PROCESS_WORDS,
     event::{COMM_LEN, EventKind, Header},
     fields::{Fields, Settings},
+    process_bit,
     thread::{Counts, ThreadStats, histogram_bucket, state},
 };
 
@@ -27,7 +29,7 @@ static SETTINGS: Settings = Settings::UNSET;
 pub static THREADS: HashMap<u32, ThreadStats> = HashMap::with_max_entries(16384, 0);
 
 #[map]
-pub static PROCESSES: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+pub static PROCESSES: Array<u64> = Array::with_max_entries(PROCESS_WORDS, 0);
 
 #[map]
 pub static GIL: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(1024, 0);
@@ -37,6 +39,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EventKind::COUNT, 0);
+
+/// The thread each CPU switched to last (0: idle), in kernel-counts mode.
+#[map]
+pub static ON_CPU: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Zeroed template for new `THREADS` entries: too large for the eBPF stack.
 #[map]
@@ -92,6 +98,12 @@ impl Task {
     #[inline(always)]
     pub fn ids(self) -> (u32, u32) {
         (self.load(field!(task_pid)), self.load(field!(task_tgid)))
+    }
+
+    /// The kernel's `pid`: the thread id.
+    #[inline(always)]
+    pub fn tid(self) -> u32 {
+        self.load(field!(task_pid))
     }
 
     #[inline(always)]
@@ -169,17 +181,28 @@ pub fn header(kind: EventKind, ts_ns: u64) -> Header {
 }
 
 /// The traced thread `tid`, if it is traced. In unfiltered mode every thread is, and an
-/// entry is made on first sight.
+/// entry is made on first sight, at `now()`.
 #[inline(always)]
-pub fn thread(tid: u32, tgid: u32, now: u64) -> Option<&'static mut ThreadStats> {
+pub fn thread(tid: u32, tgid: u32, now: impl FnOnce() -> u64) -> Option<&'static mut ThreadStats> {
+    let filtered = settings().filtered != 0;
+    if filtered && !traced_process(tgid) {
+        return None;
+    }
     if let Some(t) = THREADS.get_ptr_mut(tid) {
         // SAFETY: map values stay valid for the program's run.
         return Some(unsafe { &mut *t });
     }
-    if settings().filtered != 0 {
+    if filtered {
         return None;
     }
-    insert_thread(tid, tgid, now, 0)
+    insert_thread(tid, tgid, now(), 0)
+}
+
+/// Whether thread group `tgid` is one a capture traces (filtered mode): one array load.
+#[inline(always)]
+pub fn traced_process(tgid: u32) -> bool {
+    let (word, bit) = process_bit(tgid);
+    PROCESSES.get(word).is_some_and(|w| w & bit != 0)
 }
 
 /// Makes a `THREADS` entry for `tid` in state `UNKNOWN` since `now`, with `flags`.

@@ -15,7 +15,9 @@ use tracer_common::{
     thread::{BORN_TRACED, Counts, ThreadStats, state},
 };
 
-use crate::maps::{Task, current, emit, field, header, now_ns, observe, settings, thread};
+use crate::maps::{
+    ON_CPU, Task, current, emit, field, header, now_ns, observe, settings, thread, traced_process,
+};
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 /// unsigned int prev_state)`; user space checks this shape in the kernel's BTF.
@@ -51,18 +53,26 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // Only the ids are read until one of the two threads turns out to be traced.
     let prev_task = Task(ctx.arg::<*const u8>(1));
     let next_task = Task(ctx.arg::<*const u8>(2));
+    // A read-only global: the verifier keeps only one of the two paths.
+    if settings().kernel_counts != 0 {
+        return switch_kernel_counts(prev_task, next_task);
+    }
     let (prev_tid, prev_tgid) = prev_task.ids();
     let (next_tid, next_tgid) = next_task.ids();
+    // In a capture, switches between other processes' threads end here: no lookup, no clock.
+    if settings().filtered != 0 && !traced_process(prev_tgid) && !traced_process(next_tgid) {
+        return Ok(());
+    }
     let now = now_ns();
     let prev = if prev_tid == 0 {
         None
     } else {
-        thread(prev_tid, prev_tgid, now)
+        thread(prev_tid, prev_tgid, || now)
     };
     let next = if next_tid == 0 {
         None
     } else {
-        thread(next_tid, next_tgid, now)
+        thread(next_tid, next_tgid, || now)
     };
     // `black_box` keeps the optimiser from testing both pointers at once (`prev | next`),
     // which the verifier rejects.
@@ -127,6 +137,34 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// `sched_switch` in kernel-counts mode: the thread switched out gets a snapshot of the
+/// kernel's counters (with the run-queue wait that ended when it was switched in), and this
+/// CPU's `ON_CPU` slot names the thread switched in. One map lookup and no clock read: the
+/// kernel's counters already say all that the switches did.
+#[inline(always)]
+fn switch_kernel_counts(prev_task: Task, next_task: Task) -> Result<(), i32> {
+    if let Some(slot) = ON_CPU.get_ptr_mut(0) {
+        // SAFETY: this CPU's own slot; no other writer while we run.
+        unsafe { *slot = next_task.tid() };
+    }
+    let (tid, tgid) = prev_task.ids();
+    if tid == 0 {
+        return Ok(());
+    }
+    let Some(t) = thread(tid, tgid, now_ns) else {
+        return Ok(());
+    };
+    if t.state == state::EXITED {
+        return Ok(());
+    }
+    let kernel = prev_task.counts();
+    if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
+        observe_runqueue_wait(t, &kernel);
+    }
+    t.take_snapshot(kernel);
+    Ok(())
+}
+
 /// Adds the run-queue wait that ended at the thread's latest switch to a CPU to its
 /// histogram, from the kernel's own count: between two readings of it (at switches out, or
 /// the exit) the thread was switched in exactly once, so its run delay grew by exactly that
@@ -175,7 +213,7 @@ fn try_sched_wakeup(
         return Ok(());
     }
     let now = now_ns();
-    let Some(t) = thread(tid, tgid, now) else {
+    let Some(t) = thread(tid, tgid, || now) else {
         return Ok(());
     };
     if kind != EventKind::Waking {

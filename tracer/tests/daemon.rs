@@ -112,6 +112,55 @@ fn metrics_match_the_kernels_counters() {
     assert!(value(&samples, "tracer_process_resident_memory_bytes", &[]) > 0.0);
 }
 
+/// A thread that stays on its CPU has CPU time the kernel counted after its last switch out:
+/// the daemon reads it from the kernel at the scrape, so the series is as current as `/proc`.
+#[test]
+fn cpu_time_of_a_thread_on_its_cpu_is_current() {
+    if !can_trace("cpu_time_of_a_thread_on_its_cpu_is_current") {
+        return;
+    }
+    let daemon = Daemon::start(&[], &[]);
+    let dir = scratch();
+    let (workload, process) = private_workload(dir.path());
+    let mut child = Command::new(&workload)
+        .arg("spin")
+        .env("TRACER_SPIN_SECS", "3")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let tid: u32 = line.trim().strip_prefix("spin ").unwrap().parse().unwrap();
+    let kernel_cpu = || {
+        let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap();
+        text.split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            / 1e9
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = kernel_cpu();
+    let samples = daemon.samples();
+    let after = kernel_cpu();
+    let cpu = value(
+        &samples,
+        "tracer_thread_cpu_seconds_total",
+        &[("process", process.as_str()), ("thread", "spinner")],
+    );
+    assert!(child.wait().unwrap().success());
+    assert!(before > 1.0, "the spinner ran {before} s");
+    assert!(
+        before <= cpu && cpu <= after,
+        "metric {cpu} s, kernel {before} s before the scrape and {after} s after"
+    );
+}
+
 #[test]
 fn futex_probes_can_be_left_out() {
     if !can_trace("futex_probes_can_be_left_out") {

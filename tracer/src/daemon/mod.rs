@@ -232,7 +232,7 @@ fn harvest(shared: &Shared, tids: &[u32]) {
         let is_python = tgid.is_some_and(|tgid| python.processes.contains(&tgid));
         let last = probes
             .thread(tid)
-            .map(|stats| Values::of_thread(&stats, now_ns, is_python));
+            .map(|stats| Values::of_thread(&stats, now_ns, is_python, None));
         probes.remove_thread(tid);
         let name = python.names.remove(&tid);
         state.thread_exited(tid, last, name.as_deref(), now, &config.1);
@@ -291,9 +291,16 @@ impl Shared {
         let mut state = self.state.lock().expect("state lock");
         let python = self.python.lock().expect("python lock");
         let mut series: state::FastMap<state::SeriesKey, Values> = state::FastMap::default();
+        // The threads on a CPU now: their CPU time since their last switch out is the kernel's.
+        let running: Vec<(u32, (u64, u64))> = probes
+            .threads_on_cpu()
+            .into_iter()
+            .filter_map(|tid| Some((tid, procfs::schedstat(tid)?)))
+            .collect();
         probes.for_each_thread(|tid, stats| {
             let is_python = python.processes.contains(&stats.tgid);
-            let values = Values::of_thread(stats, now_ns, is_python);
+            let now = running.iter().find(|(t, _)| *t == tid).map(|(_, now)| *now);
+            let values = Values::of_thread(stats, now_ns, is_python, now);
             // The common case: a known thread already assigned to its series.
             if let Some(key) = state.threads.get(&tid).and_then(|t| t.series.as_ref()) {
                 match series.get_mut(key) {

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::thread::{HISTOGRAM_BUCKETS, ThreadStats};
+use tracer_common::thread::{BORN_TRACED, Counts, HISTOGRAM_BUCKETS, ThreadStats, state};
 
 use super::config::Compiled;
 use crate::capture::summary::Counters;
@@ -87,8 +87,23 @@ impl Default for Values {
 }
 
 impl Values {
-    /// A thread's values now; `python` when its process runs CPython.
-    pub fn of_thread(stats: &ThreadStats, now_ns: u64, python: bool) -> Self {
+    /// A thread's values now; `python` when its process runs CPython. `running`: the
+    /// kernel's CPU time and run-queue wait of a thread on a CPU now (`/proc/TID/schedstat`),
+    /// which grew since its last switch out.
+    pub fn of_thread(
+        stats: &ThreadStats,
+        now_ns: u64,
+        python: bool,
+        running: Option<(u64, u64)>,
+    ) -> Self {
+        let caught_up;
+        let stats = match running.and_then(|now| caught_up_with(stats, now)) {
+            Some(s) => {
+                caught_up = s;
+                &caught_up
+            }
+            None => stats,
+        };
         let c = Counters::settle(stats, now_ns, true, false);
         Self {
             voluntary_switches: c.voluntary_switches,
@@ -136,6 +151,27 @@ impl Values {
     pub fn at_least(&mut self, floor: &Self) {
         self.zip_with(floor, u64::max);
     }
+}
+
+/// `stats` with a snapshot of the kernel's counters of a thread running now: its switch
+/// counts are those of its last switch out, its CPU time and run-queue wait as `/proc`
+/// shows them now (`(on_cpu_ns, runqueue_wait_ns)`). None when the counters have no known
+/// start (a thread seen before it was ever switched out while traced).
+fn caught_up_with(
+    stats: &ThreadStats,
+    (on_cpu_ns, runqueue_wait_ns): (u64, u64),
+) -> Option<ThreadStats> {
+    if stats.snapshots == 0 && stats.flags & BORN_TRACED == 0 || stats.state == state::EXITED {
+        return None;
+    }
+    let last = stats.last.kernel;
+    let mut stats = *stats;
+    stats.take_snapshot(Counts {
+        on_cpu_ns: on_cpu_ns.max(last.on_cpu_ns),
+        runqueue_wait_ns: runqueue_wait_ns.max(last.runqueue_wait_ns),
+        ..last
+    });
+    Some(stats)
 }
 
 /// A live thread as the daemon knows it.

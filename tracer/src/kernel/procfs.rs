@@ -110,6 +110,14 @@ pub fn all_threads() -> Vec<(u32, u32, String)> {
     all
 }
 
+/// The kernel's CPU time and run-queue wait of thread `tid` so far, in nanoseconds
+/// (`/proc/TID/schedstat`), if it exists.
+pub fn schedstat(tid: u32) -> Option<(u64, u64)> {
+    let text = fs::read_to_string(process_dir(tid).join("schedstat")).ok()?;
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    Some((fields.next()?.ok()?, fields.next()?.ok()?))
+}
+
 /// Thread group and name of thread `tid`, if it exists.
 pub fn thread_identity(tid: u32) -> Option<(u32, String)> {
     let tgid = thread_group_of(tid).ok()?;

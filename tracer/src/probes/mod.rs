@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
 use tracer_common::{
@@ -87,7 +87,7 @@ impl Probes {
                 .iter()
                 .fold(0, |mask, kind| mask | kind.bit()),
             wakeups: u32::from(wakeups),
-            _pad: 0,
+            kernel_counts: u32::from(kernel_counts(&options)),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::FIELDS, &fields, true)
@@ -124,9 +124,11 @@ impl Probes {
     /// Starts tracing process `tgid`: its threads `tids` now, and every thread it creates.
     /// `flags` ([`tracer_common::thread::BORN_TRACED`]) apply to the threads in `tids`.
     pub fn track_process(&mut self, tgid: u32, tids: &[u32], flags: u32) -> Result<()> {
-        let mut processes: HashMap<_, u32, u8> = self.map_mut(names::PROCESSES)?;
+        let mut processes: Array<_, u64> = self.map_mut(names::PROCESSES)?;
+        let (word, bit) = tracer_common::process_bit(tgid);
         processes
-            .insert(tgid, 1, 0)
+            .get(&word, 0)
+            .and_then(|bits| processes.set(word, bits | bit, 0))
             .map_err(|e| Error::Load(format!("tracking process {tgid}: {}", error_chain(&e))))?;
         let now = monotonic_ns();
         let mut threads: HashMap<_, u32, ThreadStats> = self.map_mut(names::THREADS)?;
@@ -245,6 +247,18 @@ impl Probes {
             .collect()
     }
 
+    /// The threads on a CPU when last switched to, in kernel-counts mode (see
+    /// [`Settings::kernel_counts`]): their kernel counters may have grown since their last
+    /// switch out. Empty in other modes.
+    pub fn threads_on_cpu(&self) -> Vec<u32> {
+        let Ok(map) = self.map::<PerCpuArray<_, u32>>(names::ON_CPU) else {
+            return Vec::new();
+        };
+        map.get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().copied().filter(|&tid| tid != 0).collect())
+            .unwrap_or_default()
+    }
+
     /// Events lost, by kind (index: `EventKind as usize`): those that did not fit in the ring
     /// buffer, and runs of a program that the kernel skipped (it runs no program on a CPU
     /// where the same one is already running, and counts the skipped runs as recursion
@@ -305,6 +319,13 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(50);
 /// and wakes often then pays for one probe where it paid for two.
 fn wants_wakeups(options: &Options) -> bool {
     options.filtered || options.stream.contains(&EventKind::Wakeup)
+}
+
+/// Whether `sched_switch` can leave all counting to the kernel (see
+/// [`Settings::kernel_counts`]): when every thread is traced for its aggregates alone, as the
+/// daemon does. A capture needs the programs' own states, for off-CPU time and its events.
+fn kernel_counts(options: &Options) -> bool {
+    !options.filtered && !options.stream.contains(&EventKind::Switch) && !wants_wakeups(options)
 }
 
 /// The kind of event program `name` records.

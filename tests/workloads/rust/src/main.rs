@@ -11,6 +11,7 @@
 mod churn;
 mod idle;
 mod mixed;
+mod spin;
 mod tokio_runtime;
 mod tracked;
 mod truth;
@@ -37,6 +38,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("mixed", mixed::run),
     ("churn", churn::run),
     ("idle", idle::run),
+    ("spin", spin::run),
     ("tokio", tokio_runtime::run),
 ];
 
