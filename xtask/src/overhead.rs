@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use super::bench::{Daemon, Section, median, process_usage};
 
 /// Rounds of every configuration, interleaved.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 
 /// Another tracer binary (an earlier build) whose daemon runs in the same rounds, so that a
 /// change is measured against what it replaces side by side.
@@ -73,9 +73,22 @@ enum Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Self::Child(child, target) = self {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let _ = child.wait();
+            // A tracer can miss a SIGINT (bpftrace once did, and the whole run waited on it):
+            // it is sent again every second, and after 10 s the tracer is killed.
+            'stopped: {
+                for _ in 0..10 {
+                    // SAFETY: signalling our own child, not yet reaped.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+                    for _ in 0..10 {
+                        if child.try_wait().ok().flatten().is_some() {
+                            break 'stopped;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
             if let Some(target) = target {
                 let _ = target.kill();
                 let _ = target.wait();
@@ -232,9 +245,10 @@ fn run_bench(bench: &Bench) -> Result<f64> {
 /// Throughput ratios: per round, each tracer's score over the untraced score of that round.
 fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
     let mut text = String::from(
-        "Throughput with each tracer running, divided by the untraced throughput of the same round; \
-         median of 5 interleaved rounds (1.00 = no cost). Targets for tracer: >= 0.93 pinned, \
-         >= 0.98 across CPUs.\n\n",
+        "Throughput with each tracer running, divided by the mean untraced throughput of the runs \
+         just before and just after it (every round runs untraced, a tracer, untraced, the next \
+         tracer, ..., untraced); median of 7 interleaved rounds (1.00 = no cost). Targets for \
+         tracer: >= 0.93 pinned, >= 0.98 across CPUs.\n\n",
     );
     let tracers = Tracer::all();
     let _ = write!(text, "| benchmark | untraced (median) |");
@@ -243,19 +257,36 @@ fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
     }
     let _ = writeln!(text, "\n|---|---:|{}", "---:|".repeat(tracers.len() - 1));
     for bench in &BENCHES {
-        let mut scores: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+        // Per round: untraced, first tracer, untraced, second tracer, ..., untraced. Each
+        // tracer's ratio is over the mean of the untraced runs either side of it, which
+        // cancels a drift of the machine's speed within the round.
+        let mut untraced_runs: Vec<f64> = Vec::new();
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
         let mut failure = None;
         'rounds: for _ in 0..ROUNDS {
-            for (i, &tracer) in tracers.iter().enumerate() {
+            let mut before = match run_bench(bench) {
+                Ok(score) => score,
+                Err(e) => {
+                    failure = Some(e);
+                    break 'rounds;
+                }
+            };
+            untraced_runs.push(before);
+            for (i, &tracer) in tracers.iter().enumerate().skip(1) {
                 let running = start(root, tracer, scratch)?;
-                match run_bench(bench) {
-                    Ok(score) => scores[i].push(score),
+                let traced = run_bench(bench);
+                drop(running);
+                match traced.and_then(|traced| Ok((traced, run_bench(bench)?))) {
+                    Ok((traced, after)) => {
+                        ratios[i].push(traced / ((before + after) / 2.0));
+                        untraced_runs.push(after);
+                        before = after;
+                    }
                     Err(e) => {
                         failure = Some(e);
                         break 'rounds;
                     }
                 }
-                drop(running);
             }
         }
         if let Some(e) = failure {
@@ -267,15 +298,10 @@ fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
             );
             continue;
         }
-        let untraced = median(&mut scores[0].clone());
+        let untraced = median(&mut untraced_runs);
         let _ = write!(text, "| {} | {untraced:.0} |", bench.title);
-        for i in 1..tracers.len() {
-            let mut round_ratios: Vec<f64> = scores[i]
-                .iter()
-                .zip(&scores[0])
-                .map(|(t, u)| t / u)
-                .collect();
-            let _ = write!(text, " {:.2} |", median(&mut round_ratios));
+        for round_ratios in &mut ratios[1..] {
+            let _ = write!(text, " {:.2} |", median(round_ratios));
         }
         let _ = writeln!(text);
         eprintln!("xtask: {} done", bench.title);

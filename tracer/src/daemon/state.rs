@@ -461,4 +461,61 @@ mod tests {
         assert_eq!(state.retired_series(), 0);
         assert_eq!(state.series_for("app", "new", &rules).thread, "new");
     }
+
+    /// A thread of kernel-counts mode: switched out twice while traced, kernel counters
+    /// `(voluntary, involuntary, cpu, run-queue)` at each.
+    fn switched_out_twice(flags: u32) -> ThreadStats {
+        let mut stats = ThreadStats::new(30, state::UNKNOWN, 0);
+        stats.flags = flags;
+        for (v, cpu, rq) in [(10, 1_000, 100), (12, 3_000, 150)] {
+            stats.take_snapshot(Counts {
+                voluntary_switches: v,
+                involuntary_switches: 1,
+                on_cpu_ns: cpu,
+                runqueue_wait_ns: rq,
+            });
+        }
+        stats
+    }
+
+    #[test]
+    fn a_running_thread_counts_to_the_kernels_counters_now() {
+        let stats = switched_out_twice(0);
+        // Counted from its first switch out.
+        let last = Values::of_thread(&stats, 0, false, None);
+        assert_eq!(last.voluntary_switches, 2);
+        assert_eq!(last.on_cpu_ns, 2_000);
+        assert_eq!(last.runqueue_wait_ns, 50);
+        // On a CPU since: its time there is the kernel's, its switches are unchanged.
+        let now = Values::of_thread(&stats, 0, false, Some((7_000, 180)));
+        assert_eq!(now.voluntary_switches, 2);
+        assert_eq!(now.on_cpu_ns, 6_000);
+        assert_eq!(now.runqueue_wait_ns, 80);
+        // A reading older than the last switch out never takes a counter back.
+        let stale = Values::of_thread(&stats, 0, false, Some((2_000, 120)));
+        assert_eq!(stale, last);
+    }
+
+    #[test]
+    fn a_running_thread_born_traced_counts_from_zero() {
+        let mut stats = ThreadStats::new(30, state::UNKNOWN, 0);
+        stats.flags = BORN_TRACED;
+        let now = Values::of_thread(&stats, 0, false, Some((5_000, 40)));
+        assert_eq!((now.on_cpu_ns, now.runqueue_wait_ns), (5_000, 40));
+        assert_eq!(now.voluntary_switches + now.involuntary_switches, 0);
+        // One that predates the daemon and was never switched out has no starting point.
+        let unknown = ThreadStats::new(30, state::UNKNOWN, 0);
+        assert_eq!(
+            Values::of_thread(&unknown, 0, false, Some((5_000, 40))).on_cpu_ns,
+            0
+        );
+        // Born traced, its counters start at zero.
+        let born = Values::of_thread(
+            &switched_out_twice(BORN_TRACED),
+            0,
+            false,
+            Some((7_000, 180)),
+        );
+        assert_eq!((born.voluntary_switches, born.on_cpu_ns), (12, 7_000));
+    }
 }
