@@ -35,6 +35,21 @@ fn run_mixed_workload(
     (daemon.samples(), read_json(&truth_path), process)
 }
 
+/// Starts `command` with its stdout piped and returns once it has written its first line.
+fn start_until_first_line(command: &mut Command) -> (std::process::Child, String) {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (child, line)
+}
+
 #[test]
 fn metrics_match_the_kernels_counters() {
     if !can_trace("metrics_match_the_kernels_counters") {
@@ -122,18 +137,11 @@ fn cpu_time_of_a_thread_on_its_cpu_is_current() {
     let daemon = Daemon::start(&[], &[]);
     let dir = scratch();
     let (workload, process) = private_workload(dir.path());
-    let mut child = Command::new(&workload)
-        .arg("spin")
-        .env("TRACER_SPIN_SECS", "3")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, line) = start_until_first_line(
+        Command::new(&workload)
+            .arg("spin")
+            .env("TRACER_SPIN_SECS", "3"),
+    );
     let tid: u32 = line.trim().strip_prefix("spin ").unwrap().parse().unwrap();
     let kernel_cpu = || {
         let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap();
@@ -218,17 +226,7 @@ for t in threads: t.start()
 print("ready", flush=True)
 for t in threads: t.join()
 "#;
-    let mut child = Command::new(python())
-        .args(["-c", script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, line) = start_until_first_line(Command::new(python()).args(["-c", script]));
     assert_eq!(line.trim(), "ready");
     std::thread::sleep(Duration::from_millis(1500));
     // `samples` parses strictly: any unescaped quote or newline would fail here.

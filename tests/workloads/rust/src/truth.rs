@@ -24,13 +24,20 @@ pub struct Counters {
     pub on_cpu_ns: u64,
     pub runqueue_wait_ns: u64,
     pub timeslices: u64,
+    /// CLOCK_MONOTONIC just before the counters were read (0 when read of another thread).
+    pub read_ns: u64,
 }
 
 impl Counters {
     /// Counters of the calling thread.
     pub fn of_current_thread() -> io::Result<Self> {
+        let read_ns = monotonic_ns()?;
         refresh_own_runtime()?;
-        Self::read_from(Path::new("/proc/thread-self"))
+        let counters = Self::read_from(Path::new("/proc/thread-self"))?;
+        Ok(Self {
+            read_ns,
+            ..counters
+        })
     }
 
     fn read_from(dir: &Path) -> io::Result<Self> {
@@ -52,6 +59,7 @@ impl Counters {
             on_cpu_ns: next_sched("on_cpu_ns")?,
             runqueue_wait_ns: next_sched("runqueue_wait_ns")?,
             timeslices: next_sched("timeslices")?,
+            read_ns: 0,
         })
     }
 }
@@ -60,6 +68,19 @@ impl Counters {
 /// `schedstat` shows only at ticks and context switches, so a thread reading
 /// its own file sees a value up to one tick old (0 for a young thread).
 /// Asking for the thread's cpu clock updates it first.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's timestamps (`ktime`).
+fn monotonic_ns() -> io::Result<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
 fn refresh_own_runtime() -> io::Result<()> {
     let mut ts = libc::timespec {
         tv_sec: 0,
