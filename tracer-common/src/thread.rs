@@ -161,6 +161,13 @@ impl ThreadStats {
         }
     }
 
+    /// Whether the thread's counters have a known start: a snapshot of the kernel's counters
+    /// taken while traced, or its birth while traced (they started at zero).
+    #[inline(always)]
+    pub const fn has_known_start(&self) -> bool {
+        self.snapshots > 0 || self.flags & BORN_TRACED != 0
+    }
+
     /// Keeps `kernel`, the kernel's counters read now, with the derived ones as they are now:
     /// the latest snapshot, and the first if there was none.
     #[inline(always)]

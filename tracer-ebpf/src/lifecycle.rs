@@ -88,11 +88,7 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // time the hypervisor ran something else on this virtual CPU ("steal"), which the
     // kernel leaves out of a thread's CPU time; CPU time is as of the kernel's last
     // accounting of this thread, at most a tick ago.
-    let kernel = Task::current().counts();
-    if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
-        crate::sched::observe_runqueue_wait(t, &kernel);
-    }
-    t.take_snapshot(kernel);
+    crate::sched::take_kernel_snapshot(t, Task::current().counts());
     emit(EventKind::ThreadExited, || ThreadExited {
         header: header(EventKind::ThreadExited, now),
         tid,

@@ -12,12 +12,10 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     event::{EventKind, Switch, Wakeup},
-    thread::{BORN_TRACED, Counts, ThreadStats, state},
+    thread::{Counts, ThreadStats, state},
 };
 
-use crate::maps::{
-    ON_CPU, Task, current, emit, field, header, now_ns, observe, settings, thread, traced_process,
-};
+use crate::maps::{ON_CPU, Task, current, emit, field, header, now_ns, observe, settings, thread};
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 /// unsigned int prev_state)`; user space checks this shape in the kernel's BTF.
@@ -59,26 +57,31 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
     let (prev_tid, prev_tgid) = prev_task.ids();
     let (next_tid, next_tgid) = next_task.ids();
-    // In a capture, switches between other processes' threads end here: no lookup, no clock.
-    if settings().filtered != 0 && !traced_process(prev_tgid) && !traced_process(next_tgid) {
-        return Ok(());
-    }
-    let now = now_ns();
+    // The clock is read once, and only for a traced thread: in a capture, switches between
+    // other processes' threads end at `thread`'s process check, with no lookup and no clock.
+    let mut clock = 0;
+    let mut now = || {
+        if clock == 0 {
+            clock = now_ns();
+        }
+        clock
+    };
     let prev = if prev_tid == 0 {
         None
     } else {
-        thread(prev_tid, prev_tgid, || now)
+        thread(prev_tid, prev_tgid, &mut now)
     };
     let next = if next_tid == 0 {
         None
     } else {
-        thread(next_tid, next_tgid, || now)
+        thread(next_tid, next_tgid, &mut now)
     };
     // `black_box` keeps the optimiser from testing both pointers at once (`prev | next`),
     // which the verifier rejects.
     if !core::hint::black_box(prev.is_some()) && next.is_none() {
         return Ok(());
     }
+    let now = now();
     let preempt = ctx.arg::<u64>(0) & 1 != 0;
     let prev_state = ctx.arg::<u64>(3) & 0xffff_ffff;
     // `__schedule` counts `nvcsw` when the task was not preempted and its state was not
@@ -92,9 +95,8 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
         let kernel = prev_task.counts();
         // With a known starting point, the kernel's own count says which kind this switch was
         // (it tells a sleep cut short by a signal, which the argument shows as running).
-        if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
+        if t.has_known_start() {
             voluntary = kernel.voluntary_switches > t.last.kernel.voluntary_switches;
-            observe_runqueue_wait(t, &kernel);
         }
         if t.state == state::ON_CPU || t.state == state::UNKNOWN {
             t.on_cpu_ns += now.saturating_sub(t.since_ns);
@@ -107,7 +109,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
             t.state = state::QUEUED;
         }
         t.since_ns = now;
-        t.take_snapshot(kernel);
+        take_kernel_snapshot(t, kernel);
     }
 
     if let Some(t) = next
@@ -157,25 +159,25 @@ fn switch_kernel_counts(prev_task: Task, next_task: Task) -> Result<(), i32> {
     if t.state == state::EXITED {
         return Ok(());
     }
-    let kernel = prev_task.counts();
-    if t.snapshots > 0 || t.flags & BORN_TRACED != 0 {
-        observe_runqueue_wait(t, &kernel);
-    }
-    t.take_snapshot(kernel);
+    take_kernel_snapshot(t, prev_task.counts());
     Ok(())
 }
 
-/// Adds the run-queue wait that ended at the thread's latest switch to a CPU to its
-/// histogram, from the kernel's own count: between two readings of it (at switches out, or
-/// the exit) the thread was switched in exactly once, so its run delay grew by exactly that
-/// wait. Needs a reading before: `last` (zero for a thread born traced).
+/// Takes `kernel`, the thread's counters as the kernel keeps them now (at a switch out, or
+/// its exit), as its latest snapshot. With a reading before (the last snapshot, or zero for
+/// a thread born traced) the run-queue wait that ended at its latest switch to a CPU goes
+/// into its histogram, as the kernel counted it: between two readings the thread was
+/// switched in exactly once, so its run delay grew by exactly that wait.
 #[inline(always)]
-pub(crate) fn observe_runqueue_wait(t: &mut ThreadStats, kernel: &Counts) {
-    let waited = kernel
-        .runqueue_wait_ns
-        .saturating_sub(t.last.kernel.runqueue_wait_ns);
-    t.runqueue_waits += 1;
-    observe(&mut t.runqueue_hist, waited);
+pub(crate) fn take_kernel_snapshot(t: &mut ThreadStats, kernel: Counts) {
+    if t.has_known_start() {
+        let waited = kernel
+            .runqueue_wait_ns
+            .saturating_sub(t.last.kernel.runqueue_wait_ns);
+        t.runqueue_waits += 1;
+        observe(&mut t.runqueue_hist, waited);
+    }
+    t.take_snapshot(kernel);
 }
 
 /// `prev_state` as the classic `sched_switch` tracepoint reports it: the preemption bit

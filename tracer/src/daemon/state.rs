@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::thread::{BORN_TRACED, Counts, HISTOGRAM_BUCKETS, ThreadStats, state};
+use tracer_common::thread::{Counts, HISTOGRAM_BUCKETS, ThreadStats, state};
 
 use super::config::Compiled;
 use crate::capture::summary::Counters;
@@ -161,7 +161,7 @@ fn caught_up_with(
     stats: &ThreadStats,
     (on_cpu_ns, runqueue_wait_ns): (u64, u64),
 ) -> Option<ThreadStats> {
-    if stats.snapshots == 0 && stats.flags & BORN_TRACED == 0 || stats.state == state::EXITED {
+    if !stats.has_known_start() || stats.state == state::EXITED {
         return None;
     }
     let last = stats.last.kernel;
@@ -375,6 +375,8 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::thread::BORN_TRACED;
+
     use super::*;
     use crate::daemon::config::Config;
 
