@@ -132,7 +132,8 @@ pub fn record_summary(command: &[&Path], args: &[&str]) -> (Value, Value, String
     );
     record_command(&[&out], &truth, command, args);
     let text = std::fs::read_to_string(&out).expect("reading the summary");
-    (read_json(&out), read_json(&truth), text)
+    let summary = serde_json::from_str(&text).expect("parsing the summary");
+    (summary, read_json(&truth), text)
 }
 
 /// A workload started with the start gate, waiting for a line on stdin.
