@@ -37,6 +37,16 @@ pub struct Fields {
     pub task_nivcsw: u32,
     pub task_sum_exec_runtime: u32,
     pub task_run_delay: u32,
+    /// Offsets in `struct pt_regs`, the user registers a thread saved on entering the
+    /// kernel: the number of the system call it is in (`orig_ax`, `syscallno`) and the
+    /// call's first two arguments. Used when [`Settings::futex_at_switch`] is set.
+    pub regs_syscall: u32,
+    pub regs_arg0: u32,
+    pub regs_arg1: u32,
+    /// This architecture's numbers of the `futex` and `futex_waitv` system calls.
+    pub sys_futex: u32,
+    pub sys_futex_waitv: u32,
+    pub _pad: u32,
 }
 
 /// What the programs trace.
@@ -57,6 +67,11 @@ pub struct Settings {
     /// space reads the kernel's counters of those threads for the time since (the daemon,
     /// which needs no per-event state).
     pub kernel_counts: u32,
+    /// Non-zero (with `kernel_counts`): futex waits are seen at `sched_switch`, with no
+    /// syscall tracepoint attached. A thread switched out asleep while in a `futex` or
+    /// `futex_waitv` call starts a wait; the wait ends when it was woken, which its next
+    /// switch out (or its exit) tells from the kernel's counters.
+    pub futex_at_switch: u32,
 }
 
 impl Fields {
@@ -79,6 +94,12 @@ impl Fields {
         task_nivcsw: 0,
         task_sum_exec_runtime: 0,
         task_run_delay: 0,
+        regs_syscall: 0,
+        regs_arg0: 0,
+        regs_arg1: 0,
+        sys_futex: 0,
+        sys_futex_waitv: 0,
+        _pad: 0,
     };
 }
 
@@ -89,6 +110,7 @@ impl Settings {
         stream: 0,
         wakeups: 0,
         kernel_counts: 0,
+        futex_at_switch: 0,
     };
 
     /// Whether events of `kind` are streamed.

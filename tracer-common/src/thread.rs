@@ -100,15 +100,18 @@ pub struct ThreadStats {
     pub runqueue_waits: u64,
     /// Time switched out and not runnable.
     pub off_cpu_ns: u64,
-    /// Futex wait calls that returned.
+    /// Futex waits: wait calls that returned (syscall tracepoints), or with
+    /// [`crate::fields::Settings::futex_at_switch`] the times the thread fell asleep in one
+    /// and was woken.
     pub futex_waits: u64,
-    /// Time spent in those calls.
+    /// Time spent in those calls (with `futex_at_switch`: asleep in them).
     pub futex_wait_ns: u64,
     /// Futex waits on the CPython GIL of the thread's process (see the `GIL` map), and
     /// their time.
     pub gil_waits: u64,
     pub gil_wait_ns: u64,
-    /// The futex wait call the thread is in, if any.
+    /// The futex wait call the thread is in, if any (with `futex_at_switch`: the one it fell
+    /// asleep in at its last switch out).
     pub futex_call: FutexCall,
     /// Log2 histogram of run-queue waits, as the kernel measured each (its run delay).
     pub runqueue_hist: [u32; HISTOGRAM_BUCKETS],

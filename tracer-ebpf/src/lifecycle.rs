@@ -88,7 +88,12 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // time the hypervisor ran something else on this virtual CPU ("steal"), which the
     // kernel leaves out of a thread's CPU time; CPU time is as of the kernel's last
     // accounting of this thread, at most a tick ago.
-    crate::sched::take_kernel_snapshot(t, Task::current().counts());
+    let kernel = Task::current().counts();
+    // A futex wait seen at `sched_switch` that the thread was woken from: it ran since.
+    if settings().futex_at_switch != 0 && t.futex_call.start_ns != 0 {
+        crate::futex::end_wait(t, kernel, now);
+    }
+    crate::sched::take_kernel_snapshot(t, kernel);
     emit(EventKind::ThreadExited, || ThreadExited {
         header: header(EventKind::ThreadExited, now),
         tid,

@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        generated::bpf_get_current_task_btf,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -89,9 +89,16 @@ impl Task {
     /// The field of type `T` at `offset`.
     #[inline(always)]
     fn load<T: Copy>(self, offset: u32) -> T {
-        // SAFETY: a load the verifier checks against the task's BTF and turns into one that
-        // cannot fault.
-        unsafe { core::ptr::read_volatile(self.0.add(offset as usize) as *const T) }
+        load(self.0, offset)
+    }
+
+    /// The user registers the task saved on entering the kernel (`struct pt_regs`), which
+    /// say which system call it is in, if any.
+    #[inline(always)]
+    pub fn user_regs(self) -> UserRegs {
+        // SAFETY: the helper takes any task pointer the verifier knows as one, and returns
+        // a pointer it knows as a `struct pt_regs`.
+        UserRegs(unsafe { bpf_task_pt_regs(self.0 as *mut _) } as *const u8)
     }
 
     /// `(tid, tgid)`: the kernel's `pid` and `tgid`.
@@ -140,6 +147,35 @@ impl Task {
             runqueue_wait_ns: self.load(field!(task_run_delay)),
         }
     }
+}
+
+/// A task's saved user registers, from [`Task::user_regs`]; loaded like a task's fields.
+#[derive(Clone, Copy)]
+pub struct UserRegs(*const u8);
+
+impl UserRegs {
+    /// The number of the system call the task is in (meaningless when it is in none).
+    #[inline(always)]
+    pub fn syscall(self) -> u32 {
+        load(self.0, field!(regs_syscall))
+    }
+
+    /// The first two arguments of that system call.
+    #[inline(always)]
+    pub fn args(self) -> (u64, u64) {
+        (
+            load(self.0, field!(regs_arg0)),
+            load(self.0, field!(regs_arg1)),
+        )
+    }
+}
+
+/// The field of type `T` at `offset` of a kernel object the verifier knows by its BTF type.
+#[inline(always)]
+fn load<T: Copy>(object: *const u8, offset: u32) -> T {
+    // SAFETY: a load the verifier checks against the object's BTF and turns into one that
+    // cannot fault.
+    unsafe { core::ptr::read_volatile(object.add(offset as usize) as *const T) }
 }
 
 /// Reads a global that user space sets before loading; the volatile read keeps the compiler

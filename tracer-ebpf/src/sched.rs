@@ -53,7 +53,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let next_task = Task(ctx.arg::<*const u8>(2));
     // A read-only global: the verifier keeps only one of the two paths.
     if settings().kernel_counts != 0 {
-        return switch_kernel_counts(prev_task, next_task);
+        return switch_kernel_counts(ctx, prev_task, next_task);
     }
     let (prev_tid, prev_tgid) = prev_task.ids();
     let (next_tid, next_tgid) = next_task.ids();
@@ -142,9 +142,15 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
 /// `sched_switch` in kernel-counts mode: the thread switched out gets a snapshot of the
 /// kernel's counters (with the run-queue wait that ended when it was switched in), and this
 /// CPU's `ON_CPU` slot names the thread switched in. One map lookup and no clock read: the
-/// kernel's counters already say all that the switches did.
+/// kernel's counters already say all that the switches did. With futex waits seen here, the
+/// clock is read only by threads that fall asleep in a futex wait, or leave their CPU after
+/// one.
 #[inline(always)]
-fn switch_kernel_counts(prev_task: Task, next_task: Task) -> Result<(), i32> {
+fn switch_kernel_counts(
+    ctx: &BtfTracePointContext,
+    prev_task: Task,
+    next_task: Task,
+) -> Result<(), i32> {
     if let Some(slot) = ON_CPU.get_ptr_mut(0) {
         // SAFETY: this CPU's own slot; no other writer while we run.
         unsafe { *slot = next_task.tid() };
@@ -159,7 +165,13 @@ fn switch_kernel_counts(prev_task: Task, next_task: Task) -> Result<(), i32> {
     if t.state == state::EXITED {
         return Ok(());
     }
-    take_kernel_snapshot(t, prev_task.counts());
+    let kernel = prev_task.counts();
+    // A read-only global: the verifier keeps this only when it is set.
+    if settings().futex_at_switch != 0 {
+        let asleep = ctx.arg::<u64>(0) & 1 == 0 && ctx.arg::<u64>(3) & 0xffff_ffff != 0;
+        crate::futex::at_switch_out(t, prev_task, kernel, asleep);
+    }
+    take_kernel_snapshot(t, kernel);
     Ok(())
 }
 

@@ -28,9 +28,10 @@ pub struct Config {
     pub thread_name_rules: Vec<NameRule>,
     /// Threads the kernel map can hold at once.
     pub max_traced_threads: u32,
-    /// Whether futex wait calls are traced (`tracer_futex_wait_seconds`, GIL waits). The
-    /// futex probes are syscall tracepoints, and while any is attached the kernel sends every
-    /// system call of every thread through its tracing path; off, that cost is gone too.
+    /// Whether futex waits are traced (`tracer_futex_wait_seconds`, GIL waits). They are seen
+    /// in `sched_switch`, from the system call a thread falls asleep in; where tracer does
+    /// not know this architecture's saved registers, by syscall tracepoints, which send
+    /// every system call of every thread through the kernel's tracing path while attached.
     pub futex_waits: bool,
 }
 

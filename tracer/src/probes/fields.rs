@@ -113,7 +113,49 @@ pub fn add_btf(fields: &mut Fields, btf: &Btf) -> Result<()> {
     fields.task_nivcsw = member("nivcsw", 8)?;
     fields.task_sum_exec_runtime = member("se.sum_exec_runtime", 8)?;
     fields.task_run_delay = member("sched_info.run_delay", 8)?;
+    // Optional: without it, futex waits are traced by the syscall tracepoints only.
+    let _ = add_user_regs(fields, btf);
     Ok(())
+}
+
+/// Where `struct pt_regs` (a task's saved user registers) holds, on this architecture, the
+/// member and byte offset within it of the system call number and of its first two
+/// arguments, while the task is in a system call.
+#[cfg(target_arch = "x86_64")]
+const USER_REGS: [(&str, u32); 3] = [("orig_ax", 0), ("di", 0), ("si", 0)];
+#[cfg(target_arch = "aarch64")]
+const USER_REGS: [(&str, u32); 3] = [("syscallno", 0), ("orig_x0", 0), ("regs", 8)];
+
+/// Adds where a task's saved user registers say which system call it is in and with which
+/// first two arguments, and this architecture's numbers of `futex` and `futex_waitv` (see
+/// [`tracer_common::fields::Settings::futex_at_switch`]). Leaves them 0 on an architecture
+/// tracer does not know these for, or a kernel whose BTF lacks them.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub fn add_user_regs(fields: &mut Fields, btf: &Btf) -> Result<()> {
+    let mut offsets = [0; 3];
+    for (i, (path, within)) in USER_REGS.into_iter().enumerate() {
+        let member = btf.member("pt_regs", path)?;
+        // The syscall number is read as 4 bytes, the arguments as 8.
+        let read = if i == 0 { 4 } else { 8 };
+        if member.size < within + read {
+            return Err(Error::UnsupportedKernel(format!(
+                "pt_regs.{path} is {} bytes, where tracer reads {read} at byte {within}",
+                member.size
+            )));
+        }
+        offsets[i] = member.offset + within;
+    }
+    [fields.regs_syscall, fields.regs_arg0, fields.regs_arg1] = offsets;
+    fields.sys_futex = libc::SYS_futex as u32;
+    fields.sys_futex_waitv = libc::SYS_futex_waitv as u32;
+    Ok(())
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub fn add_user_regs(_: &mut Fields, _: &Btf) -> Result<()> {
+    Err(Error::UnsupportedKernel(
+        "tracer does not know this architecture's saved user registers".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -138,5 +180,8 @@ mod tests {
         assert_ne!(fields.task_pid, 0);
         assert_ne!(fields.task_comm, fields.task_pid);
         assert_ne!(fields.task_nvcsw, 0);
+        // This machine's architecture is one whose user registers tracer knows.
+        assert_ne!(fields.sys_futex, 0);
+        assert!(fields.regs_syscall != fields.regs_arg0 && fields.regs_arg0 != fields.regs_arg1);
     }
 }

@@ -56,7 +56,7 @@ pub struct Options {
     pub stream: &'static [EventKind],
     /// Capacity of the per-thread map.
     pub max_threads: u32,
-    /// Whether futex wait calls are traced.
+    /// Whether futex waits are traced.
     pub futex: bool,
 }
 
@@ -68,8 +68,8 @@ pub struct Probes {
     wakers: bool,
     /// Whether `sched_wakeup` and `sched_wakeup_new` are attached (see [`wants_wakeups`]).
     wakeups: bool,
-    /// Whether the futex programs are loaded and attached.
-    futex: bool,
+    /// Whether the futex programs (syscall tracepoints) are loaded and attached.
+    futex_syscalls: bool,
 }
 
 impl Probes {
@@ -79,7 +79,20 @@ impl Probes {
         let root = tracefs::root()?;
         let fields = fields::read(&root)?;
         raise_memlock_limit();
-        let wakeups = wants_wakeups(&options);
+        let at_switch = options.futex && futex_at_switch(&options, &fields);
+        match Self::load_with(&options, fields, at_switch) {
+            // `bpf_task_pt_regs` came in Linux 5.15: older kernels trace futex waits with
+            // the syscall tracepoints instead.
+            Err(e) if at_switch => Self::load_with(&options, fields, false).map_err(|_| e),
+            loaded => loaded,
+        }
+    }
+
+    /// Loads the programs, with futex waits seen at `sched_switch` when `futex_at_switch`,
+    /// else (if wanted at all) by the syscall tracepoints.
+    fn load_with(options: &Options, fields: Fields, futex_at_switch: bool) -> Result<Self> {
+        let wakeups = wants_wakeups(options);
+        let futex_syscalls = options.futex && !futex_at_switch;
         let settings = Settings {
             filtered: u32::from(options.filtered),
             stream: options
@@ -87,7 +100,8 @@ impl Probes {
                 .iter()
                 .fold(0, |mask, kind| mask | kind.bit()),
             wakeups: u32::from(wakeups),
-            kernel_counts: u32::from(kernel_counts(&options)),
+            kernel_counts: u32::from(kernel_counts(options)),
+            futex_at_switch: u32::from(futex_at_switch),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::FIELDS, &fields, true)
@@ -103,7 +117,7 @@ impl Probes {
                 .map_err(|e| Error::Load(format!("{name}: {}", error_chain(&e))))?;
         }
         for name in SYSCALL_TRACEPOINTS {
-            if !options.futex || fields.waitv_waiters == 0 && name.ends_with("waitv") {
+            if !futex_syscalls || fields.waitv_waiters == 0 && name.ends_with("waitv") {
                 continue;
             }
             let program: &mut TracePoint = program_mut(&mut ebpf, name)?;
@@ -117,7 +131,7 @@ impl Probes {
             fields,
             wakers,
             wakeups,
-            futex: options.futex,
+            futex_syscalls,
         })
     }
 
@@ -166,7 +180,7 @@ impl Probes {
             program.attach().map_err(|e| failed(name, group, &e))?;
         }
         for name in SYSCALL_TRACEPOINTS {
-            if !self.futex || self.fields.waitv_waiters == 0 && name.ends_with("waitv") {
+            if !self.futex_syscalls || self.fields.waitv_waiters == 0 && name.ends_with("waitv") {
                 continue;
             }
             let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
@@ -328,6 +342,17 @@ fn kernel_counts(options: &Options) -> bool {
     !options.filtered && !options.stream.contains(&EventKind::Switch) && !wants_wakeups(options)
 }
 
+/// Whether futex waits can be seen at `sched_switch` (see [`Settings::futex_at_switch`]):
+/// in kernel-counts mode, when no futex event is streamed (those carry each call's result,
+/// which only the syscall tracepoints see) and tracer knows where this architecture saves a
+/// thread's system call number. The syscall tracepoints are then left out: while one is
+/// attached, every system call of every thread takes the kernel's slower path.
+fn futex_at_switch(options: &Options, fields: &Fields) -> bool {
+    kernel_counts(options)
+        && !options.stream.contains(&EventKind::FutexWait)
+        && fields.sys_futex != 0
+}
+
 /// The kind of event program `name` records.
 fn program_kind(name: &str) -> Option<EventKind> {
     Some(match name {
@@ -388,4 +413,45 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIFECYCLE: [EventKind; 3] = [
+        EventKind::ThreadCreated,
+        EventKind::ThreadExited,
+        EventKind::ThreadRenamed,
+    ];
+
+    fn options(filtered: bool, stream: &'static [EventKind]) -> Options {
+        Options {
+            filtered,
+            stream,
+            max_threads: 1024,
+            futex: true,
+        }
+    }
+
+    #[test]
+    fn futex_waits_are_seen_at_switch_only_by_an_unfiltered_aggregating_trace() {
+        let known = Fields {
+            sys_futex: 202,
+            ..Fields::UNSET
+        };
+        // The daemon: every thread, lifecycle events only.
+        assert!(futex_at_switch(&options(false, &LIFECYCLE), &known));
+        // A capture needs each call's result, and its own states.
+        assert!(!futex_at_switch(&options(true, &EventKind::ALL), &known));
+        assert!(!futex_at_switch(
+            &options(false, &[EventKind::FutexWait]),
+            &known
+        ));
+        // Unknown saved registers: the syscall tracepoints.
+        assert!(!futex_at_switch(
+            &options(false, &LIFECYCLE),
+            &Fields::UNSET
+        ));
+    }
 }

@@ -13,6 +13,7 @@ use crate::truth::{self, Counters, Rename, ThreadRecord};
 /// What a thread knows about itself while it runs.
 pub struct Tracked {
     tid: i32,
+    start: Option<Counters>,
     name: String,
     role: &'static str,
     parent_tid: Option<i32>,
@@ -32,6 +33,7 @@ impl Tracked {
     /// The calling thread, named `name` by the program.
     pub fn new(name: String, role: &'static str, parent_tid: Option<i32>) -> Self {
         Self {
+            start: None,
             tid: truth::gettid(),
             name,
             role,
@@ -98,6 +100,7 @@ impl Tracked {
             daemon: false,
             counters,
             baseline: self.baseline,
+            start: self.start,
         });
         records.extend(self.descendants);
         Ok(records)
@@ -130,7 +133,9 @@ where
     let join = thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
+            let start = Counters::of_current_thread().expect("read own counters");
             let mut me = Tracked::new(owned_name, role, Some(parent_tid));
+            me.start = Some(start);
             let named = truth::own_comm().expect("read own comm");
             me.push_rename(Rename {
                 from: inherited,

@@ -64,10 +64,6 @@ impl Counters {
     }
 }
 
-/// The kernel folds a running thread's cpu time into the runtime that
-/// `schedstat` shows only at ticks and context switches, so a thread reading
-/// its own file sees a value up to one tick old (0 for a young thread).
-/// Asking for the thread's cpu clock updates it first.
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's timestamps (`ktime`).
 fn monotonic_ns() -> io::Result<u64> {
     let mut ts = libc::timespec {
@@ -81,6 +77,10 @@ fn monotonic_ns() -> io::Result<u64> {
     Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
+/// The kernel folds a running thread's cpu time into the runtime that
+/// `schedstat` shows only at ticks and context switches, so a thread reading
+/// its own file sees a value up to one tick old (0 for a young thread).
+/// Asking for the thread's cpu clock updates it first.
 fn refresh_own_runtime() -> io::Result<()> {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -157,6 +157,8 @@ pub struct ThreadRecord {
     #[serde(flatten)]
     pub counters: Counters,
     pub baseline: Option<Counters>,
+    /// The counters as a spawned thread read them first thing (`None` for the main thread).
+    pub start: Option<Counters>,
 }
 
 #[derive(Serialize)]
