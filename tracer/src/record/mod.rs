@@ -26,7 +26,7 @@ use crate::{
         threads::ThreadTable,
     },
     error::{Error, Result},
-    kernel::{monotonic_ns, privileges, procfs},
+    kernel::{monotonic_ns, privileges, procfs, raise_reader_priority},
     probes::{self, DRAIN_GRACE, Options, Probes},
     python::watch::{Names, Tracker},
 };
@@ -129,6 +129,8 @@ pub fn run(request: Request) -> Result<Summary> {
         }
         Target::Command(argv) => Some(launch::hold(argv)?),
     };
+    // After the fork: the command keeps the niceness it was given.
+    raise_reader_priority();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
