@@ -159,12 +159,11 @@ pub(crate) fn at_switch_out(t: &mut ThreadStats, task: Task, kernel: Counts, asl
     let (uaddr, op, nr_futexes) = if waitv {
         // `sched_switch` runs in the thread switched out: its memory is the current one.
         (first_waitv_uaddr(arg0), FUTEX_WAITV_OP, arg1 as u32)
-    } else {
+    } else if is_futex_wait(arg1 as u32) {
         (arg0, arg1 as u32, 1)
-    };
-    if !waitv && !is_futex_wait(op) {
+    } else {
         return;
-    }
+    };
     t.futex_call = FutexCall {
         start_ns: if now == 0 { now_ns() } else { now },
         uaddr,

@@ -82,11 +82,8 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let now = now();
-    let preempt = ctx.arg::<u64>(0) & 1 != 0;
-    let prev_state = ctx.arg::<u64>(3) & 0xffff_ffff;
-    // `__schedule` counts `nvcsw` when the task was not preempted and its state was not
-    // TASK_RUNNING.
-    let mut voluntary = !preempt && prev_state != 0;
+    let (preempt, prev_state) = preempt_and_prev_state(ctx);
+    let mut voluntary = left_asleep(preempt, prev_state);
 
     // An exited thread's last switches are streamed (they end its time on a CPU), not counted.
     if let Some(t) = prev
@@ -168,11 +165,24 @@ fn switch_kernel_counts(
     let kernel = prev_task.counts();
     // A read-only global: the verifier keeps this only when it is set.
     if settings().futex_at_switch != 0 {
-        let asleep = ctx.arg::<u64>(0) & 1 == 0 && ctx.arg::<u64>(3) & 0xffff_ffff != 0;
-        crate::futex::at_switch_out(t, prev_task, kernel, asleep);
+        let (preempt, prev_state) = preempt_and_prev_state(ctx);
+        crate::futex::at_switch_out(t, prev_task, kernel, left_asleep(preempt, prev_state));
     }
     take_kernel_snapshot(t, kernel);
     Ok(())
+}
+
+/// `sched_switch`'s `preempt` and `prev_state` arguments.
+#[inline(always)]
+fn preempt_and_prev_state(ctx: &BtfTracePointContext) -> (bool, u64) {
+    (ctx.arg::<u64>(0) & 1 != 0, ctx.arg::<u64>(3) & 0xffff_ffff)
+}
+
+/// Whether the thread switched out left its CPU asleep: `__schedule` counts such a switch in
+/// `nvcsw`, when the task was not preempted and its state was not TASK_RUNNING.
+#[inline(always)]
+fn left_asleep(preempt: bool, prev_state: u64) -> bool {
+    !preempt && prev_state != 0
 }
 
 /// Takes `kernel`, the thread's counters as the kernel keeps them now (at a switch out, or

@@ -79,7 +79,7 @@ impl Probes {
         let root = tracefs::root()?;
         let fields = fields::read(&root)?;
         raise_memlock_limit();
-        let at_switch = options.futex && futex_at_switch(&options, &fields);
+        let at_switch = futex_at_switch(&options, &fields);
         match Self::load_with(&options, fields, at_switch) {
             // `bpf_task_pt_regs` came in Linux 5.15: older kernels trace futex waits with
             // the syscall tracepoints instead.
@@ -116,10 +116,7 @@ impl Probes {
                 .load(name, &btf)
                 .map_err(|e| Error::Load(format!("{name}: {}", error_chain(&e))))?;
         }
-        for name in SYSCALL_TRACEPOINTS {
-            if !futex_syscalls || fields.waitv_waiters == 0 && name.ends_with("waitv") {
-                continue;
-            }
+        for name in syscall_programs(futex_syscalls, &fields) {
             let program: &mut TracePoint = program_mut(&mut ebpf, name)?;
             program
                 .load()
@@ -179,10 +176,7 @@ impl Probes {
             let program: &mut BtfTracePoint = program_mut(&mut self.ebpf, name)?;
             program.attach().map_err(|e| failed(name, group, &e))?;
         }
-        for name in SYSCALL_TRACEPOINTS {
-            if !self.futex_syscalls || self.fields.waitv_waiters == 0 && name.ends_with("waitv") {
-                continue;
-            }
+        for name in syscall_programs(self.futex_syscalls, &self.fields) {
             let program: &mut TracePoint = program_mut(&mut self.ebpf, name)?;
             program
                 .attach("syscalls", name)
@@ -342,13 +336,23 @@ fn kernel_counts(options: &Options) -> bool {
     !options.filtered && !options.stream.contains(&EventKind::Switch) && !wants_wakeups(options)
 }
 
-/// Whether futex waits can be seen at `sched_switch` (see [`Settings::futex_at_switch`]):
-/// in kernel-counts mode, when no futex event is streamed (those carry each call's result,
+/// The syscall tracepoint programs to load and attach: the futex ones when `futex_syscalls`,
+/// those of `futex_waitv` only on kernels that have it.
+fn syscall_programs(futex_syscalls: bool, fields: &Fields) -> impl Iterator<Item = &'static str> {
+    let waitv = fields.waitv_waiters != 0;
+    SYSCALL_TRACEPOINTS
+        .into_iter()
+        .filter(move |name| futex_syscalls && (waitv || !name.ends_with("waitv")))
+}
+
+/// Whether futex waits are wanted and can be seen at `sched_switch` (see
+/// [`Settings::futex_at_switch`]): in kernel-counts mode, when no futex event is streamed (those carry each call's result,
 /// which only the syscall tracepoints see) and tracer knows where this architecture saves a
 /// thread's system call number. The syscall tracepoints are then left out: while one is
 /// attached, every system call of every thread takes the kernel's slower path.
 fn futex_at_switch(options: &Options, fields: &Fields) -> bool {
-    kernel_counts(options)
+    options.futex
+        && kernel_counts(options)
         && !options.stream.contains(&EventKind::FutexWait)
         && fields.sys_futex != 0
 }
@@ -448,6 +452,12 @@ mod tests {
             &options(false, &[EventKind::FutexWait]),
             &known
         ));
+        // Not wanted at all (`futex_waits = false`).
+        let unwanted = Options {
+            futex: false,
+            ..options(false, &LIFECYCLE)
+        };
+        assert!(!futex_at_switch(&unwanted, &known));
         // Unknown saved registers: the syscall tracepoints.
         assert!(!futex_at_switch(
             &options(false, &LIFECYCLE),
