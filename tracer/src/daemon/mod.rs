@@ -154,7 +154,7 @@ async fn event_loop(
     let mut drain = tokio::time::interval(LIFECYCLE_DRAIN);
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut last_sweep = Instant::now();
-    let mut exited: Vec<(u32, Instant)> = Vec::new();
+    let mut exited: Vec<(u32, u32, Instant)> = Vec::new();
     loop {
         tokio::select! {
             _ = drain.tick() => {
@@ -166,9 +166,9 @@ async fn event_loop(
                 // Exited threads leave the kernel map promptly: under heavy thread churn
                 // their entries would otherwise crowd out new threads.
                 let now = Instant::now();
-                let due: Vec<u32> = exited.iter().filter(|(_, at)| now.duration_since(*at) >= HARVEST_DELAY).map(|(tid, _)| *tid).collect();
-                exited.retain(|(_, at)| now.duration_since(*at) < HARVEST_DELAY);
-                harvest(shared, &due);
+                let due: Vec<(u32, u32)> = exited.iter().filter(|(_, _, at)| now.duration_since(*at) >= HARVEST_DELAY).map(|&(tid, tgid, _)| (tid, tgid)).collect();
+                exited.retain(|(_, _, at)| now.duration_since(*at) < HARVEST_DELAY);
+                harvest(shared, &due, Reuse::Check);
             }
             _ = housekeeping.tick() => {
                 let now = Instant::now();
@@ -189,7 +189,7 @@ async fn event_loop(
 fn apply(
     shared: &Shared,
     event: &Event,
-    exited: &mut Vec<(u32, Instant)>,
+    exited: &mut Vec<(u32, u32, Instant)>,
     poke: &std::sync::mpsc::Sender<python::Poke>,
 ) {
     let now = Instant::now();
@@ -211,13 +211,27 @@ fn apply(
                 let _ = poke.send(python::Poke::Renamed(e.tgid));
             }
         }
-        Event::ThreadExited(e) => exited.push((e.tid, now)),
+        Event::ThreadExited(e) => exited.push((e.tid, e.tgid, now)),
         Event::Switch(_) | Event::Wakeup(_) | Event::FutexWait(_) => {}
     }
 }
 
+/// Whether a thread id handed to [`harvest`] may name a newer thread by now.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// From exit events: the kernel may have given the id to a new thread since the exit.
+    Check,
+    /// From `/proc`: no thread has the id now.
+    Impossible,
+}
+
 /// Moves exited threads' last counts from the kernel map into their series.
-fn harvest(shared: &Shared, tids: &[u32]) {
+///
+/// Between an exit and its harvest the kernel may give the thread's id to a new thread
+/// (ids wrap at `pid_max`, quickly on a host that churns threads): its entry in the map is
+/// then not marked exited, and it and the new thread's series are left alone; only the
+/// exit is counted.
+fn harvest(shared: &Shared, tids: &[(u32, u32)], reuse: Reuse) {
     if tids.is_empty() {
         return;
     }
@@ -227,12 +241,17 @@ fn harvest(shared: &Shared, tids: &[u32]) {
     let mut probes = shared.probes.lock().expect("probes lock");
     let mut state = shared.state.lock().expect("state lock");
     let mut python = shared.python.lock().expect("python lock");
-    for &tid in tids {
+    for &(tid, exited_tgid) in tids {
         let tgid = state.threads.get(&tid).map(|t| t.tgid);
         let is_python = tgid.is_some_and(|tgid| python.processes.contains(&tgid));
-        let last = probes
-            .thread(tid)
-            .map(|stats| Values::of_thread(&stats, now_ns, is_python, None));
+        let stats = probes.thread(tid);
+        if reuse == Reuse::Check
+            && stats.is_some_and(|s| s.state != tracer_common::thread::state::EXITED)
+        {
+            state.exit_of_a_reused_id(tid, exited_tgid, now);
+            continue;
+        }
+        let last = stats.map(|stats| Values::of_thread(&stats, now_ns, is_python, None));
         probes.remove_thread(tid);
         let name = python.names.remove(&tid);
         state.thread_exited(tid, last, name.as_deref(), now, &config.1);
@@ -246,12 +265,12 @@ fn sweep(shared: &Shared) {
         .probes
         .lock()
         .expect("probes lock")
-        .for_each_thread(|tid, _| {
+        .for_each_thread(|tid, stats| {
             if !std::path::Path::new(&format!("/proc/{tid}")).exists() {
-                gone.push(tid);
+                gone.push((tid, stats.tgid));
             }
         });
-    harvest(shared, &gone);
+    harvest(shared, &gone, Reuse::Impossible);
 }
 
 fn reload(args: &Args, shared: &Shared) {

@@ -295,6 +295,18 @@ impl State {
         }
     }
 
+    /// The exit of thread `tid` of thread group `tgid` whose id a newer thread has by now:
+    /// counted for its process, while the newer thread keeps the id's place.
+    pub fn exit_of_a_reused_id(&mut self, tid: u32, tgid: u32, now: Instant) {
+        if tid == tgid {
+            return;
+        }
+        let process = self.process_name(tgid).unwrap_or("").to_owned();
+        let counts = self.processes.entry(process).or_default();
+        counts.threads_exited += 1;
+        counts.last_seen = Some(now);
+    }
+
     /// The series a thread named `name` of `process` counts in, admitting it under the cap.
     pub fn series_for(&mut self, process: &str, name: &str, rules: &Compiled) -> SeriesKey {
         let label = rules.thread_label(name);
