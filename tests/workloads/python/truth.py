@@ -348,6 +348,11 @@ def _truth_text(workload, threads, fields):
     return json.dumps(truth, indent=2) + "\n"
 
 
+def _write_all(fd, data):
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def _write_text(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as out:
@@ -382,18 +387,26 @@ def finish(workload, baseline, threads=(), daemons=(), records=(), **fields):
     others.extend(records)
     others.extend(d.record_from_proc() for d in daemons)
     path = os.environ.get(TRUTH_ENV)
-    # Format everything but the main thread's own record before reading its
-    # counters: with many threads that takes milliseconds of cpu, which the
-    # read would miss. Afterwards only the small main record is formatted
-    # (with the indentation of a list item) and put in its place.
-    text = _truth_text(workload, [_MAIN_SLOT] + others, fields) if path else None
-    main = current_thread_record("main", None, [])
-    main["baseline"] = baseline
-    if path:
-        record = json.dumps(main, indent=2).replace("\n", "\n    ")
-        _write_text(path, text.replace(json.dumps(_MAIN_SLOT), record, 1))
-    # End the process here: interpreter shutdown would run on the main thread after its
-    # counters were read. Daemon threads end with the process, as they would anyway.
     sys.stdout.flush()
     sys.stderr.flush()
+    # Between its counter read and its exit the main thread does as little as it can:
+    # whatever it ran (or was preempted in) there, the capture counts and the truth does
+    # not. Everything but its own record (the last of the list) is formatted and written
+    # before the read; after it only the small record and what follows it are formatted
+    # and written, in one system call, and the file renamed.
+    fd = None
+    if path:
+        text = _truth_text(workload, others + [_MAIN_SLOT], fields)
+        head, tail = text.split(json.dumps(_MAIN_SLOT), 1)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        _write_all(fd, head.encode())
+    main = current_thread_record("main", None, [])
+    main["baseline"] = baseline
+    if fd is not None:
+        record = json.dumps(main, indent=2).replace("\n", "\n    ")
+        _write_all(fd, (record + tail).encode())
+        os.close(fd)
+        os.replace(path + ".tmp", path)
+    # End the process here: interpreter shutdown would run on the main thread after its
+    # counters were read. Daemon threads end with the process, as they would anyway.
     os._exit(0)
