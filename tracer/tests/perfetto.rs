@@ -180,6 +180,14 @@ fn peak_memory_of_recording(args: &[&str], command: &[&str]) -> u64 {
     usage.ru_maxrss as u64 * 1024
 }
 
+/// Lock hand-offs the busy workload makes: four threads pass one token around a ring, each
+/// waiting on its own semaphore, so that each pass blocks a thread and wakes the next.
+const PASSES: u64 = 80_000;
+
+/// Bytes a switch takes in a trace at the least: its `sched_switch` event with a timestamp,
+/// both thread ids, priorities and the state the thread left in.
+const MIN_SWITCH_BYTES: u64 = 16;
+
 #[test]
 fn a_busy_capture_streams_its_trace() {
     let test = "a_busy_capture_streams_its_trace";
@@ -187,33 +195,58 @@ fn a_busy_capture_streams_its_trace() {
         return;
     }
     let dir = scratch();
-    let [trace, summary] = ["busy.pftrace", "busy.json"].map(|f| dir.path().join(f));
-    // Four threads handing a lock (and the GIL) back and forth for 3 s.
-    let busy = "import threading, time\n\
-                lock = threading.Lock()\n\
-                end = time.monotonic() + 3\n\
-                def work():\n\
-                \x20   while time.monotonic() < end:\n\
-                \x20       with lock:\n\
-                \x20           sum(range(50))\n\
-                \x20       time.sleep(0)\n\
-                threads = [threading.Thread(target=work) for _ in range(4)]\n\
-                for t in threads: t.start()\n\
-                for t in threads: t.join()\n";
+    let [trace, summary, unused] =
+        ["busy.pftrace", "busy.json", "alone.json"].map(|f| dir.path().join(f));
+    // A fixed amount of work, whatever the machine's speed.
+    let busy = format!(
+        "import threading\n\
+         sems = [threading.Semaphore(0) for _ in range(4)]\n\
+         def work(i):\n\
+         \x20   for _ in range({PASSES} // 4):\n\
+         \x20       sems[i].acquire()\n\
+         \x20       sems[(i + 1) % 4].release()\n\
+         threads = [threading.Thread(target=work, args=(i,), name='baton-%d' % i) for i in range(4)]\n\
+         for t in threads: t.start()\n\
+         sems[0].release()\n\
+         for t in threads: t.join()\n"
+    );
     let python = python();
-    let command = [python.to_str().unwrap(), "-c", busy];
-    let with_trace = peak_memory_of_recording(&["-o", trace.to_str().unwrap()], &command);
-    let without = peak_memory_of_recording(&["-o", summary.to_str().unwrap()], &command);
+    let command = [python.to_str().unwrap(), "-c", &busy];
+    let with_trace = peak_memory_of_recording(
+        &[
+            "-o",
+            trace.to_str().unwrap(),
+            "-o",
+            summary.to_str().unwrap(),
+        ],
+        &command,
+    );
+    let without = peak_memory_of_recording(&["-o", unused.to_str().unwrap()], &command);
     let size = std::fs::metadata(&trace).unwrap().len();
+    // The switches the workers made in the traced run, as the kernel counts them.
+    let switches: u64 = read_json(&summary)["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().starts_with("baton-"))
+        .map(|t| {
+            t["voluntary_switches"].as_u64().unwrap() + t["involuntary_switches"].as_u64().unwrap()
+        })
+        .sum();
     println!(
-        "trace {:.1} MiB; peak memory {:.1} MiB with it, {:.1} MiB without",
+        "{switches} switches; trace {:.1} MiB; peak memory {:.1} MiB with it, {:.1} MiB without",
         size as f64 / 1048576.0,
         with_trace as f64 / 1048576.0,
         without as f64 / 1048576.0
     );
+    // Each pass leaves a thread waiting for the token: most passes block one.
     assert!(
-        size > 8 << 20,
-        "the workload made only {size} bytes of trace"
+        switches >= PASSES / 2,
+        "{PASSES} hand-offs made only {switches} switches"
+    );
+    assert!(
+        size >= switches * MIN_SWITCH_BYTES,
+        "{switches} switches made only {size} bytes of trace"
     );
     assert!(
         with_trace < without + size / 4,
