@@ -233,7 +233,7 @@ def check_full(trace, truth, summary, form, problems, report):
         asleep = False
         on_cpu = False
         woken_early = False
-        unwoken = 0
+        unwoken = []
         wakers = Counter()
         for ts, kind, value in sorted(timeline[tid], key=lambda x: x[0]):
             if kind == "out":
@@ -245,11 +245,13 @@ def check_full(trace, truth, summary, form, problems, report):
                 asleep = False
                 wakers[value] += 1
             elif kind == "in":
-                unwoken += asleep
+                if asleep:
+                    unwoken.append(ts)
                 asleep = False
                 on_cpu = True
-        if unwoken > 1:
-            problems.append("%s: %d switches in after a sleep without a sched_waking" % (who, unwoken))
+        if len(unwoken) > 1:
+            problems.append("%s: %d switches in after a sleep without a sched_waking (at %s)"
+                            % (who, len(unwoken), ", ".join(map(str, unwoken[:5]))))
 
         if by_tid.get(tid) and futex_begins[tid] != by_tid[tid]["futex_waits"]:
             problems.append("%s: %d futex slices, summary counts %d futex waits"
