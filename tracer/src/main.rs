@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod error;
 mod kernel;
+mod naming;
 mod probes;
 mod python;
 mod record;

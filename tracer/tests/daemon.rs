@@ -338,6 +338,135 @@ t.join()
     );
 }
 
+/// A service: a thread named `worker-main-loop` runs 0.2 s of CPU, prints its id and blocks
+/// until its standard input closes.
+const SERVICE: &str = r#"
+import sys, threading, time
+def loop():
+    end = time.thread_time() + 0.2
+    while time.thread_time() < end:
+        pass
+    print(threading.get_native_id(), flush=True)
+    sys.stdin.read()
+t = threading.Thread(target=loop, name="worker-main-loop")
+t.start()
+t.join()
+"#;
+
+/// Two CPython services with a thread of the same name are two processes, by their script
+/// and module; kernel threads are one, `kernel`, by their names without the changing part;
+/// a `[[process_names]]` rule names from the command line, and a reload renames.
+#[test]
+fn services_are_told_apart_by_script_module_and_rule() {
+    if !can_trace("services_are_told_apart_by_script_module_and_rule") {
+        return;
+    }
+    let dir = scratch();
+    let config = dir.path().join("tracer.toml");
+    let rule = |name: &str| {
+        format!("[[process_names]]\ncmdline = '--tenant=(?P<tenant>\\w+)'\nname = \"{name}\"\n")
+    };
+    std::fs::write(&config, rule("tenant-{tenant}")).unwrap();
+    let daemon = Daemon::start(&["--config", config.to_str().unwrap()], &[]);
+    std::fs::write(dir.path().join("orders_service.py"), SERVICE).unwrap();
+    std::fs::create_dir(dir.path().join("billing")).unwrap();
+    std::fs::write(dir.path().join("billing/__init__.py"), "").unwrap();
+    std::fs::write(dir.path().join("billing/jobs.py"), SERVICE).unwrap();
+    let start = |args: &[&str]| {
+        let mut child = Command::new(python())
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let tid: u32 = line.trim().parse().unwrap();
+        (child, tid)
+    };
+    let services = [
+        ("orders_service", start(&["orders_service.py"])),
+        ("billing.jobs", start(&["-u", "-m", "billing.jobs"])),
+        (
+            "tenant-acme",
+            start(&["orders_service.py", "--tenant=acme"]),
+        ),
+    ];
+    let cpu_of = |tid: u32| {
+        let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap();
+        text.split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            / 1e9
+    };
+    let worker = |samples: &[support::prom::Sample], process: &str| {
+        find(
+            samples,
+            "tracer_thread_cpu_seconds_total",
+            &[("process", process), ("thread", "worker-main-loop")],
+        )
+        .first()
+        .map(|s| s.value)
+    };
+    // Each blocked worker's series has its own CPU time, the kernel's.
+    let deadline = Instant::now() + PATIENCE;
+    let samples = loop {
+        std::thread::sleep(POLL);
+        let samples = daemon.samples();
+        if services.iter().all(|(p, _)| worker(&samples, p).is_some()) || Instant::now() > deadline
+        {
+            break samples;
+        }
+    };
+    for (process, (_, tid)) in &services {
+        let (got, want) = (worker(&samples, process), cpu_of(*tid));
+        assert!(
+            got.is_some_and(|got| (got - want).abs() <= 0.002f64.max(want * 0.05)),
+            "{process}: worker-main-loop {got:?} s in its series, {want} s by the kernel"
+        );
+    }
+    let kernel = find(
+        &samples,
+        "tracer_thread_cpu_seconds_total",
+        &[("process", "kernel")],
+    );
+    assert!(
+        kernel.iter().any(|s| s.labels["thread"] == "kworker"),
+        "no kworker among the kernel's threads"
+    );
+    assert!(
+        kernel.iter().all(|s| !s.labels["thread"].contains('/')),
+        "kernel thread labels keep their changing part"
+    );
+    // A reload renames under the new rules.
+    std::fs::write(&config, rule("customer-{tenant}")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + PATIENCE;
+    let renamed = loop {
+        std::thread::sleep(POLL);
+        let samples = daemon.samples();
+        let renamed = worker(&samples, "customer-acme");
+        if renamed.is_some() || Instant::now() > deadline {
+            break renamed;
+        }
+    };
+    assert!(
+        renamed.is_some(),
+        "no series under the reloaded rule's name"
+    );
+    for (_, (mut child, _)) in services {
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+    }
+}
+
 #[test]
 fn futex_probes_can_be_left_out() {
     if !can_trace("futex_probes_can_be_left_out") {
@@ -559,20 +688,20 @@ fn python_threads_are_labelled_by_their_names_with_gil_waits() {
         .status()
         .unwrap();
     assert!(status.success());
-    // Its four threads other than the main one.
-    let samples = samples_after_exits(&daemon, "python3", 4);
+    // Its four threads other than the main one; the process is named by its script.
+    let samples = samples_after_exits(&daemon, "io_vs_cpu", 4);
     let gil = |thread: &str| {
         value(
             &samples,
             "tracer_python_gil_wait_seconds_total",
-            &[("process", "python3"), ("thread", thread)],
+            &[("process", "io_vs_cpu"), ("thread", thread)],
         )
     };
     for thread in ["MainThread", "cpu-0", "cpu-1", "io-0", "io-1"] {
         let cpu = value(
             &samples,
             "tracer_thread_cpu_seconds_total",
-            &[("process", "python3"), ("thread", thread)],
+            &[("process", "io_vs_cpu"), ("thread", thread)],
         );
         assert!(cpu > 0.0, "no series for Python thread {thread}");
     }

@@ -21,7 +21,7 @@ const SUBSTITUTIONS: [(&str, &str); 7] = [
     ("$__interval", "15s"),
     ("$__range", "1m"),
     ("$instance", ".*"),
-    ("$process", "thread-workload|python3"),
+    ("$process", "thread-workload|lock_counter|io_vs_cpu"),
     ("$thread", ".*"),
     ("$datasource", "prometheus"),
 ];
@@ -230,7 +230,7 @@ fn every_panel_has_data() {
     let dashboards = dashboards();
     let wanted = [
         ("process", "thread-workload"),
-        ("process", "python3"),
+        ("process", "lock_counter"),
         ("thread", "locker-0"),
     ];
     for (path, dashboard) in &dashboards {

@@ -299,10 +299,12 @@ fn scrape_config_finds_the_tracer_pods() {
     );
 }
 
-/// The lines of `deploy/tracer.toml` with every commented-out `key = value` uncommented.
+/// The lines of `deploy/tracer.toml` with every commented-out `key = value` and
+/// `[[table]]` uncommented.
 fn uncommented(text: &str) -> String {
     text.lines()
         .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if rest.starts_with("[[") => rest,
             Some(rest)
                 if rest.split_once(" = ").is_some_and(|(k, _)| {
                     k.chars().all(|c| c.is_ascii_lowercase() || c == '_')

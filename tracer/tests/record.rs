@@ -11,6 +11,17 @@ use support::{
     *,
 };
 
+/// The process name a workload's capture must have: a Python workload's script without
+/// `.py`, the Rust workload's file name.
+fn process_of(command: &[&Path]) -> String {
+    command
+        .last()
+        .and_then(|p| p.file_stem())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// `record -- CMD` of a workload, compared with its truth.
 fn record_and_compare(test: &str, command: &[&Path], args: &[&str]) {
     if !can_trace(test) {
@@ -18,6 +29,7 @@ fn record_and_compare(test: &str, command: &[&Path], args: &[&str]) {
     }
     let (summary, truth, _) = record_summary(command, args);
     assert_matches(&summary, &truth, Form::Command);
+    assert_eq!(summary["process"], process_of(command));
 }
 
 /// `record --pid` of a gated workload, released once tracer is attached.
@@ -37,7 +49,9 @@ fn attach_and_compare(test: &str, command: &[&Path], args: &[&str]) {
     let status = wait_with_limit(&mut tracer, Duration::from_secs(60));
     assert!(status.success(), "tracer record --pid: {status}");
     assert!(workload.child.wait().unwrap().success());
-    assert_matches(&read_json(&out), &read_json(&truth), Form::Pid);
+    let summary = read_json(&out);
+    assert_matches(&summary, &read_json(&truth), Form::Pid);
+    assert_eq!(summary["process"], process_of(command));
 }
 
 #[test]

@@ -17,6 +17,8 @@ pub struct Summary {
     pub schema: &'static str,
     pub pid: u32,
     pub command: String,
+    /// The process's name, as the daemon's `process` label has it by default.
+    pub process: String,
     /// `CLOCK_MONOTONIC` nanoseconds when the probes were attached.
     pub started_ns: u64,
     pub duration_ns: u64,

@@ -29,9 +29,10 @@ pub fn render(summary: &Summary) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "pid {} `{}`: {} threads, {:.3} s, {} events lost",
+        "pid {} `{}` ({}): {} threads, {:.3} s, {} events lost",
         summary.pid,
         printable(&summary.command),
+        printable(&summary.process),
         summary.threads.len(),
         summary.duration_ns as f64 / 1e9,
         summary.lost_events

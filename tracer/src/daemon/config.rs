@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    naming::{KERNEL, Namer, ProcessNameRule},
+};
 
 /// Where `/metrics` is served unless configured otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -26,6 +29,9 @@ pub struct Config {
     pub exclude_processes: Vec<String>,
     /// Rules applied in order to thread names before they become labels.
     pub thread_name_rules: Vec<NameRule>,
+    /// Rules naming processes (first match wins); a process no rule matches gets the
+    /// default name.
+    pub process_names: Vec<ProcessNameRule>,
     /// Threads the kernel map can hold at once.
     pub max_traced_threads: u32,
     /// Whether futex waits are traced (`tracer_futex_wait_seconds`, GIL waits). They are seen
@@ -36,12 +42,25 @@ pub struct Config {
 }
 
 /// Rewrites thread names matching `pattern` (a regular expression) to `replacement`
-/// (`$1`-style groups allowed), e.g. `worker-\d+` to `worker-N`.
+/// (`$1`-style groups allowed), e.g. `worker-\d+` to `worker-N`; with `process`, only in
+/// processes whose name matches it (whole name).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NameRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
     pub pattern: String,
     pub replacement: String,
+}
+
+/// The default thread name rules: a kernel thread's name loses what follows its first `/`,
+/// the CPU, the work item or the device it is for (`kworker/0:1-events` is `kworker`).
+pub fn default_thread_name_rules() -> Vec<NameRule> {
+    vec![NameRule {
+        process: Some(KERNEL.to_owned()),
+        pattern: "/.*$".to_owned(),
+        replacement: String::new(),
+    }]
 }
 
 impl Default for Config {
@@ -52,7 +71,8 @@ impl Default for Config {
             series_expiry_secs: 600,
             include_processes: Vec::new(),
             exclude_processes: Vec::new(),
-            thread_name_rules: Vec::new(),
+            thread_name_rules: default_thread_name_rules(),
+            process_names: Vec::new(),
             max_traced_threads: 32768,
             futex_waits: true,
         }
@@ -127,13 +147,15 @@ impl Config {
                 .thread_name_rules
                 .iter()
                 .map(|r| {
+                    let process = r.process.as_ref().map(whole).transpose()?;
                     Regex::new(&r.pattern)
-                        .map(|re| (re, r.replacement.clone()))
+                        .map(|re| (process, re, r.replacement.clone()))
                         .map_err(|e| {
                             Error::Config(format!("bad thread name pattern {:?}: {e}", r.pattern))
                         })
                 })
                 .collect::<Result<_>>()?,
+            namer: Namer::new(&self.process_names)?,
             max_threads_per_process: self.max_threads_per_process,
         })
     }
@@ -144,7 +166,9 @@ impl Config {
 pub struct Compiled {
     include: Vec<Regex>,
     exclude: Vec<Regex>,
-    rules: Vec<(Regex, String)>,
+    rules: Vec<(Option<Regex>, Regex, String)>,
+    /// Names processes.
+    pub namer: Namer,
     pub max_threads_per_process: usize,
 }
 
@@ -155,11 +179,13 @@ impl Compiled {
             && !self.exclude.iter().any(|re| re.is_match(process))
     }
 
-    /// A thread name after the normalisation rules.
-    pub fn thread_label(&self, name: &str) -> String {
+    /// The name of a thread of `process` after the normalisation rules.
+    pub fn thread_label(&self, process: &str, name: &str) -> String {
         let mut name = name.to_owned();
-        for (re, replacement) in &self.rules {
-            name = re.replace_all(&name, replacement.as_str()).into_owned();
+        for (only, re, replacement) in &self.rules {
+            if only.as_ref().is_none_or(|p| p.is_match(process)) {
+                name = re.replace_all(&name, replacement.as_str()).into_owned();
+            }
         }
         name
     }
@@ -194,7 +220,9 @@ mod tests {
         let config = Config::load(Some(&path), &overrides).unwrap();
         assert_eq!(config.listen.port(), 1234);
         let compiled = config.compile().unwrap();
-        assert_eq!(compiled.thread_label("worker-17"), "worker-N");
+        assert_eq!(compiled.thread_label("app", "worker-17"), "worker-N");
+        // A file's rules replace the defaults.
+        assert_eq!(compiled.thread_label(KERNEL, "kworker/0:1"), "kworker/0:1");
         assert!(!compiled.exports("systemd-journald"));
         assert!(compiled.exports("python3"));
         // The effective configuration reads back as itself.
@@ -218,6 +246,41 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("bad process pattern")
+        );
+    }
+
+    #[test]
+    fn kernel_threads_lose_what_follows_their_slash_by_default() {
+        let compiled = Config::default().compile().unwrap();
+        for (name, label) in [
+            ("kworker/0:1-events", "kworker"),
+            ("kworker/u8:3-flush-254:0", "kworker"),
+            ("ksoftirqd/1", "ksoftirqd"),
+            ("irq/24-virtio0", "irq"),
+            ("rcu_preempt", "rcu_preempt"),
+        ] {
+            assert_eq!(compiled.thread_label(KERNEL, name), label);
+        }
+        // Only kernel threads.
+        assert_eq!(compiled.thread_label("app", "io/0"), "io/0");
+    }
+
+    #[test]
+    fn process_name_rules_are_read_and_checked() {
+        let text = r#"
+            [[process_names]]
+            cmdline = '--queue=(?P<queue>\w+)'
+            name = "worker-{queue}"
+        "#;
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.process_names.len(), 1);
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+        let bad = Config::parse("[[process_names]]\ncomm = 'x'\nname = '{1}'\n").unwrap();
+        assert!(
+            bad.compile()
+                .unwrap_err()
+                .to_string()
+                .contains("process_names[0]")
         );
     }
 

@@ -27,6 +27,7 @@ use crate::{
     capture::{comm_to_string, events::Event},
     error::{Error, Result},
     kernel::{monotonic_ns, privileges, procfs},
+    naming::Identity,
     probes::{Options, Probes},
 };
 
@@ -93,7 +94,13 @@ async fn serve(args: Args, config: Config) -> Result<()> {
     probes.attach()?;
     let mut state = State::default();
     for (tid, tgid, comm) in procfs::all_threads() {
-        state.add_thread(tid, tgid, comm);
+        if tid == tgid {
+            let name = process_name(&compiled, tgid, &comm);
+            state.add_thread(tid, tgid, comm);
+            state.process_names.insert(tgid, name);
+        } else {
+            state.add_thread(tid, tgid, comm);
+        }
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -193,6 +200,19 @@ fn apply(
     poke: &std::sync::mpsc::Sender<python::Poke>,
 ) {
     let now = Instant::now();
+    // A new process (named as its parent until it execs) or an exec (which renames its main
+    // thread) is named now, from /proc, before the state is locked.
+    let named = match event {
+        Event::ThreadCreated(e) if e.tgid != e.parent_tgid => {
+            Some((e.tgid, comm_to_string(&e.comm)))
+        }
+        Event::ThreadRenamed(e) if e.tid == e.tgid => Some((e.tgid, comm_to_string(&e.new_comm))),
+        _ => None,
+    }
+    .map(|(tgid, comm)| {
+        let config = shared.config.read().expect("config lock");
+        (tgid, process_name(&config.1, tgid, &comm))
+    });
     let mut state = shared.state.lock().expect("state lock");
     match event {
         Event::ThreadCreated(e) => {
@@ -214,6 +234,19 @@ fn apply(
         Event::ThreadExited(e) => exited.push((e.tid, e.tgid, now)),
         Event::Switch(_) | Event::Wakeup(_) | Event::FutexWait(_) => {}
     }
+    if let Some((tgid, name)) = named {
+        state.process_names.insert(tgid, name);
+    }
+}
+
+/// The name of process `tgid`, whose main thread is called `comm`: from its command line and
+/// executable by `rules`; from `comm` alone when /proc no longer has it.
+fn process_name(rules: &Compiled, tgid: u32, comm: &str) -> String {
+    let identity = Identity::of_process(tgid, comm).unwrap_or_else(|| Identity {
+        comm: comm.to_owned(),
+        ..Identity::default()
+    });
+    rules.namer.name(&identity)
 }
 
 /// Whether a thread id handed to [`harvest`] may name a newer thread by now.
@@ -285,6 +318,23 @@ fn reload(args: &Args, shared: &Shared) {
             if config.futex_waits != current.0.futex_waits {
                 eprintln!("tracer: futex_waits changes only on restart");
             }
+            // Processes are named again under the new rules; live threads join the series
+            // of their new names at the next scrape.
+            let mut state = shared.state.lock().expect("state lock");
+            let leaders: Vec<(u32, String)> = state
+                .process_names
+                .keys()
+                .filter_map(|&tgid| Some((tgid, state.threads.get(&tgid)?.comm.clone())))
+                .collect();
+            for (tgid, comm) in leaders {
+                state
+                    .process_names
+                    .insert(tgid, process_name(&compiled, tgid, &comm));
+            }
+            for thread in state.threads.values_mut() {
+                thread.series = None;
+            }
+            drop(state);
             *current = (config, compiled);
             eprintln!("tracer: configuration reloaded");
         }
@@ -335,10 +385,10 @@ impl Shared {
                 let Some((tgid, comm)) = procfs::thread_identity(tid) else {
                     return;
                 };
-                state
-                    .process_names
-                    .entry(tgid)
-                    .or_insert_with(|| procfs::thread_comm(tgid, tgid).unwrap_or_default());
+                state.process_names.entry(tgid).or_insert_with(|| {
+                    let comm = procfs::thread_comm(tgid, tgid).unwrap_or_default();
+                    process_name(rules, tgid, &comm)
+                });
                 state.add_thread(tid, tgid, comm);
             }
             let (tgid, comm) = {

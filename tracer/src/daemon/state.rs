@@ -309,7 +309,7 @@ impl State {
 
     /// The series a thread named `name` of `process` counts in, admitting it under the cap.
     pub fn series_for(&mut self, process: &str, name: &str, rules: &Compiled) -> SeriesKey {
-        let label = rules.thread_label(name);
+        let label = rules.thread_label(process, name);
         let admitted = self.admitted.entry(process.to_owned()).or_default();
         let thread = if admitted.contains(&label) {
             label

@@ -33,7 +33,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Finds `program` the way a shell does: as a path if it has a `/`, else in `$PATH`.
-fn resolve(program: &OsStr) -> io::Result<PathBuf> {
+pub fn resolve(program: &OsStr) -> io::Result<PathBuf> {
     let is_executable = |p: &Path| {
         let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
             return false;

@@ -27,6 +27,7 @@ use crate::{
     },
     error::{Error, Result},
     kernel::{monotonic_ns, privileges, procfs, raise_reader_priority},
+    naming::{self, Identity},
     probes::{self, DRAIN_GRACE, Options, Probes},
     python::watch::{Names, Tracker},
 };
@@ -192,6 +193,7 @@ async fn capture(
             .join(" "),
         Target::Pid(_) => procfs::command_line(pid).unwrap_or_default(),
     };
+    let process = process_name(&request.target, pid);
     if let Some(out) = trace_out.as_mut() {
         let argv = match &request.target {
             Target::Command(argv) => Some(argv.as_slice()),
@@ -249,7 +251,7 @@ async fn capture(
     let lost = probes.lost();
     let names = python.finish();
     let summary = summarize(
-        &probes, &table, &names, pid, command, started_ns, end_ns, &lost,
+        &probes, &table, &names, pid, command, process, started_ns, end_ns, &lost,
     );
     if let Some(writer) = events_out {
         writer.finish()?;
@@ -349,6 +351,44 @@ fn drain(
     Ok(())
 }
 
+/// The traced process's name by the default rules (see [`crate::naming`]): for a command,
+/// from what it is about to exec; for a running process, from /proc.
+fn process_name(target: &Target, pid: u32) -> String {
+    let identity = match target {
+        Target::Command(argv) => {
+            let exe = argv
+                .first()
+                .and_then(|program| launch::resolve(program).ok())
+                .and_then(|path| std::fs::canonicalize(path).ok())
+                .map(|path| path.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let args: Vec<String> = argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            // The kernel names the process after the file it execs, cut to 15 bytes.
+            let file = args
+                .first()
+                .map_or("", |p| p.rsplit('/').next().unwrap_or(""));
+            let comm = String::from_utf8_lossy(&file.as_bytes()[..file.len().min(15)]).into_owned();
+            Identity {
+                comm,
+                exe,
+                args,
+                kernel: false,
+            }
+        }
+        Target::Pid(_) => {
+            let comm = procfs::thread_comm(pid, pid).unwrap_or_default();
+            Identity::of_process(pid, &comm).unwrap_or(Identity {
+                comm,
+                ..Identity::default()
+            })
+        }
+    };
+    naming::default_name(&identity)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn summarize(
     probes: &Probes,
@@ -356,6 +396,7 @@ fn summarize(
     names: &Names,
     pid: u32,
     command: String,
+    process: String,
     started_ns: u64,
     end_ns: u64,
     lost: &[u64],
@@ -388,6 +429,7 @@ fn summarize(
         schema: SCHEMA,
         pid,
         command,
+        process,
         started_ns,
         duration_ns: end_ns.saturating_sub(started_ns),
         lost_events: lost.iter().sum(),

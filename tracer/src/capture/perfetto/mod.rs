@@ -876,6 +876,7 @@ mod tests {
             schema: SCHEMA,
             pid: 100,
             command: "prog arg".into(),
+            process: "prog".into(),
             started_ns: 5,
             duration_ns: 50,
             lost_events: 0,
