@@ -467,6 +467,80 @@ fn services_are_told_apart_by_script_module_and_rule() {
     }
 }
 
+/// Threads blocked since before the daemon started, which never run while it does, are in
+/// their series from the first scrape, with nothing counted since the attach (their kernel
+/// counters do not move either).
+#[test]
+fn threads_that_never_run_have_series_from_the_first_scrape() {
+    if !can_trace("threads_that_never_run_have_series_from_the_first_scrape") {
+        return;
+    }
+    let script = r#"
+import ctypes, sys, threading
+libc = ctypes.CDLL(None)
+never = threading.Event()
+def idle(name):
+    libc.prctl(15, name.encode(), 0, 0, 0)
+    never.wait()
+threads = [threading.Thread(target=idle, args=("idle-%d" % i,), name="idle-%d" % i, daemon=True)
+           for i in range(10)]
+for t in threads: t.start()
+print(" ".join(str(t.native_id) for t in threads), flush=True)
+sys.stdin.read()
+"#;
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let tids: Vec<u32> = line
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    let switches = |tid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap();
+        status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    // Every idle thread is asleep on the event before the daemon starts.
+    let before: Vec<u64> = tids.iter().map(|&t| switches(t)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let daemon = Daemon::start(&[], &[]);
+    let samples = daemon.samples();
+    let after: Vec<u64> = tids.iter().map(|&t| switches(t)).collect();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    for (i, tid) in tids.iter().enumerate() {
+        let thread = format!("idle-{i}");
+        let series = find(
+            &samples,
+            "tracer_thread_context_switches_total",
+            &[("process", "python3"), ("thread", thread.as_str())],
+        );
+        assert_eq!(
+            series.len(),
+            2,
+            "thread {tid} ({thread}) has no series: {series:?}"
+        );
+        let counted: f64 = series.iter().map(|s| s.value).sum();
+        assert_eq!(
+            counted,
+            (after[i] - before[i]) as f64,
+            "thread {tid} ({thread}): switches since the attach"
+        );
+    }
+}
+
 #[test]
 fn futex_probes_can_be_left_out() {
     if !can_trace("futex_probes_can_be_left_out") {

@@ -366,7 +366,9 @@ impl Shared {
             .into_iter()
             .filter_map(|tid| Some((tid, procfs::schedstat(tid)?)))
             .collect();
+        let mut in_map: state::FastMap<u32, ()> = state::FastMap::default();
         probes.for_each_thread(|tid, stats| {
+            in_map.insert(tid, ());
             let is_python = python.processes.contains(&stats.tgid);
             let now = running.iter().find(|(t, _)| *t == tid).map(|(_, now)| *now);
             let values = Values::of_thread(stats, now_ns, is_python, now);
@@ -408,6 +410,36 @@ impl Shared {
             }
             series.entry(key).or_default().add(&values);
         });
+        // Threads that have not left a CPU since the attach (asleep all along, an idle pool,
+        // a deadlocked pair) have no entry in the kernel map: they are in their series too,
+        // with nothing counted since the attach.
+        let idle: Vec<u32> = state
+            .threads
+            .keys()
+            .copied()
+            .filter(|tid| !in_map.contains_key(tid))
+            .collect();
+        for tid in idle {
+            let thread = &state.threads[&tid];
+            if let Some(key) = &thread.series {
+                series.entry(key.clone()).or_default();
+                continue;
+            }
+            let (tgid, comm) = (thread.tgid, thread.comm.clone());
+            let Some(process) = state.process_name(tgid).map(str::to_owned) else {
+                continue;
+            };
+            if !rules.exports(&process) {
+                continue;
+            }
+            let name = python.names.get(&tid).map_or(comm.as_str(), String::as_str);
+            let key = state.series_for(&process, name, rules);
+            if let Some(t) = state.threads.get_mut(&tid) {
+                t.series = Some(key.clone());
+            }
+            let values = series.entry(key).or_default();
+            values.python |= u64::from(python.processes.contains(&tgid));
+        }
         state.finish_scrape(&mut series);
         // A process's run-queue waits: those of all its series, live or retired.
         let mut runqueue: HashMap<String, Values> = HashMap::new();
