@@ -146,8 +146,28 @@ fn python_thread_names_on_every_version() {
 /// e.g. with fewer privileges), lets the workload run, stops tracer with SIGINT while
 /// every thread is still there, and returns the summary, the truth and tracer's stderr.
 fn record_held(python: &Path, tracer: &mut Command, dir: &Path) -> (Value, Value, String) {
+    record_held_in(&[], python, tracer, dir)
+}
+
+/// [`record_held`] with the workload started by the command `prefix` (which runs the rest of
+/// its arguments as its only child, in a PID namespace of its own when it is `unshare --pid
+/// --fork`). The truth's thread ids, which are the namespace's, are turned into the host's.
+fn record_held_in(
+    prefix: &[&str],
+    python: &Path,
+    tracer: &mut Command,
+    dir: &Path,
+) -> (Value, Value, String) {
     let (out, truth) = (dir.join("capture.json"), dir.join("truth.json"));
-    let mut workload = Command::new(python)
+    let mut command = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(python);
+            c
+        }
+        None => Command::new(python),
+    };
+    let mut workload = command
         .arg(python_workload("names.py"))
         .env("TRACER_GATE", "1")
         .env("TRACER_HOLD", "stdin")
@@ -159,10 +179,18 @@ fn record_held(python: &Path, tracer: &mut Command, dir: &Path) -> (Value, Value
     let mut lines = BufReader::new(workload.stdout.take().unwrap());
     let mut line = String::new();
     lines.read_line(&mut line).unwrap();
-    let pid = line
+    let own_pid = line
         .strip_prefix("ready ")
         .and_then(|p| p.trim().parse::<u32>().ok())
         .unwrap_or_else(|| panic!("names.py said {line:?}"));
+    let pid = if prefix.is_empty() {
+        own_pid
+    } else {
+        let launcher = workload.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).unwrap();
+        children.trim().parse().unwrap()
+    };
     let mut recorder = tracer
         .args(["record", "--pid", &pid.to_string(), "--output"])
         .arg(&out)
@@ -183,6 +211,19 @@ fn record_held(python: &Path, tracer: &mut Command, dir: &Path) -> (Value, Value
     line.clear();
     lines.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "holding");
+    // Each thread's id in the process's own PID namespace, to the host's (`NSpid`).
+    let host_ids: std::collections::HashMap<u64, u64> = procfs_tids(pid)
+        .into_iter()
+        .map(|tid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+            let own = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|ids| ids.split_whitespace().last()?.parse().ok())
+                .unwrap();
+            (own, u64::from(tid))
+        })
+        .collect();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(recorder.id() as i32, libc::SIGINT) };
     let status = wait_with_limit(&mut recorder, Duration::from_secs(30));
@@ -191,7 +232,27 @@ fn record_held(python: &Path, tracer: &mut Command, dir: &Path) -> (Value, Value
     stdin.write_all(b"end\n").unwrap();
     stdin.flush().unwrap();
     assert!(workload.wait().unwrap().success());
-    (read_json(&out), read_json(&truth), said)
+    let mut truth = read_json(&truth);
+    let host = |id: &Value| match id.as_u64() {
+        Some(own) => Value::from(*host_ids.get(&own).unwrap_or_else(|| {
+            panic!("thread {own} of the namespace was gone before the capture ended")
+        })),
+        None => Value::Null,
+    };
+    truth["pid"] = host(&truth["pid"]);
+    for t in truth["threads"].as_array_mut().unwrap() {
+        t["tid"] = host(&t["tid"]);
+        t["parent_tid"] = host(&t["parent_tid"]);
+    }
+    (read_json(&out), truth, said)
+}
+
+/// The thread ids of process `pid` (the host's).
+fn procfs_tids(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 #[test]
@@ -207,6 +268,30 @@ fn python_names_read_when_a_capture_of_a_running_process_ends() {
             &truth,
             false,
             &format!("Python {version}, by pid"),
+        );
+    }
+}
+
+/// A Python program in a PID namespace of its own (every container's case): the ids in its
+/// memory are the namespace's, and its threads are named as on the host.
+#[test]
+fn python_names_in_a_pid_namespace_of_its_own() {
+    if !can_trace("python_names_in_a_pid_namespace_of_its_own") {
+        return;
+    }
+    for (python, version) in pythons() {
+        let dir = scratch();
+        let (summary, truth, _) = record_held_in(
+            &["unshare", "--pid", "--fork", "--mount-proc"],
+            &python,
+            &mut Command::new(tracer()),
+            dir.path(),
+        );
+        check_names(
+            &summary,
+            &truth,
+            false,
+            &format!("Python {version}, in a PID namespace"),
         );
     }
 }

@@ -312,7 +312,7 @@ impl Interpreter {
                 continue;
             };
             for (key, thread) in reader.dict_items(active)? {
-                match thread_name(&mut reader, key, thread, &idents) {
+                match thread_name(&mut reader, key, thread, &idents, &tasks) {
                     Ok(Some((tid, name))) => {
                         snapshot.python_tids.insert(tid);
                         snapshot.names.insert(tid, name);
@@ -332,7 +332,7 @@ fn thread_states<M: Memory>(
     memory: &M,
     l: &Layout,
     interp: u64,
-    tasks: &HashSet<u32>,
+    tasks: &Tasks,
     snapshot: &mut Snapshot,
 ) -> Result<HashMap<u64, u32>> {
     let mut tstate = memory.ptr(at(interp, l.interp_threads_head)?)?;
@@ -357,7 +357,9 @@ fn thread_states<M: Memory>(
         let bytes = memory.bytes(tstate, span as usize)?;
         let ident = field(&bytes, l.tstate_thread_id);
         let tid = match l.tstate_native_thread_id {
-            Some(offset) => u32::try_from(field(&bytes, offset)).ok(),
+            Some(offset) => u32::try_from(field(&bytes, offset))
+                .ok()
+                .and_then(|id| tasks.host_id(id)),
             None => pthread_tid(memory, ident, tasks),
         };
         if let Some(tid) = tid.filter(|&t| t > 0) {
@@ -406,6 +408,7 @@ fn thread_name<M: Memory>(
     key: u64,
     thread: u64,
     idents: &HashMap<u64, u32>,
+    tasks: &Tasks,
 ) -> Result<Option<(u32, String)>> {
     let [name, native_id] = reader.attributes(thread, ["_name", "_native_id"])?;
     let Some(name) = name else {
@@ -416,7 +419,7 @@ fn thread_name<M: Memory>(
         .transpose()?
         .flatten()
     {
-        Some(id) => u32::try_from(id).ok(),
+        Some(id) => u32::try_from(id).ok().and_then(|id| tasks.host_id(id)),
         // No native id: the thread state of the same ident has it.
         None => reader
             .small_int(key)?
@@ -447,25 +450,88 @@ fn walk<M: Memory>(mem: &M, first: u64, next: u64, max: usize) -> Result<Vec<u64
     Ok(nodes)
 }
 
-/// The thread ids of process `pid` now (empty if it cannot be listed).
-fn task_ids(pid: u32) -> HashSet<u32> {
-    std::fs::read_dir(proc_path(pid, "task"))
+/// The threads of a process now, by the kernel's (the host's) ids, and for a process in a
+/// PID namespace of its own (a container, `unshare --pid`) by the ids it knows them by,
+/// which are what its memory holds.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    host: HashSet<u32>,
+    /// The process's own id of each thread, to the host's; empty when they are the same.
+    from_namespace: HashMap<u32, u32>,
+}
+
+impl Tasks {
+    /// Threads whose own ids are their host ids.
+    pub fn same_ids(host: HashSet<u32>) -> Self {
+        Self {
+            host,
+            from_namespace: HashMap::new(),
+        }
+    }
+
+    /// Threads `(host id, own id)` of a process in a PID namespace of its own.
+    pub fn in_namespace(ids: impl IntoIterator<Item = (u32, u32)>) -> Self {
+        let mut tasks = Self::default();
+        for (host, own) in ids {
+            tasks.host.insert(host);
+            tasks.from_namespace.insert(own, host);
+        }
+        tasks
+    }
+
+    /// The host id of the thread the process knows as `id`. A thread no longer there keeps
+    /// its id where the ids are the host's (its name is kept for its exit), and has none
+    /// in a namespace, where the id cannot be translated.
+    pub fn host_id(&self, id: u32) -> Option<u32> {
+        if self.from_namespace.is_empty() {
+            Some(id)
+        } else {
+            self.from_namespace.get(&id).copied()
+        }
+    }
+
+    /// Whether the process has a thread it knows as `id` now.
+    fn has(&self, id: u32) -> Option<u32> {
+        self.host_id(id).filter(|host| self.host.contains(host))
+    }
+}
+
+/// The threads of process `pid` now (none if it cannot be listed), with the ids of its own
+/// PID namespace from each thread's `NSpid` (its last entry is the innermost namespace's).
+fn task_ids(pid: u32) -> Tasks {
+    let host: Vec<u32> = std::fs::read_dir(proc_path(pid, "task"))
         .map(|dir| {
             dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let own = |tid: u32| -> Option<u32> {
+        let status = std::fs::read_to_string(proc_path(pid, &format!("task/{tid}/status"))).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))?
+            .split_whitespace()
+            .last()?
+            .parse()
+            .ok()
+    };
+    match own(pid) {
+        Some(own_pid) if own_pid != pid => {
+            Tasks::in_namespace(host.into_iter().filter_map(|tid| Some((tid, own(tid)?))))
+        }
+        _ => Tasks::same_ids(host.into_iter().collect()),
+    }
 }
 
 /// The kernel thread of a glibc `pthread_t` (the address of its `struct pthread`, whose
 /// `tid` field is at 0x2d0 on x86-64), accepted only if it is a thread of the process.
 /// Up to 3.10 thread states keep only the `pthread_t`.
-fn pthread_tid<M: Memory>(mem: &M, pthread: u64, tasks: &HashSet<u32>) -> Option<u32> {
+fn pthread_tid<M: Memory>(mem: &M, pthread: u64, tasks: &Tasks) -> Option<u32> {
     if !cfg!(target_arch = "x86_64") || pthread == 0 {
         return None;
     }
     let tid = mem.u32(pthread.checked_add(0x2d0)?).ok()?;
-    tasks.contains(&tid).then_some(tid)
+    tasks.has(tid)
 }
 
 #[cfg(test)]
