@@ -50,7 +50,9 @@ def _read_text(path):
             chunks.append(chunk)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode()
+    # A kernel name is 15 bytes, which may end inside a character (3.15 names threads so):
+    # bytes that are not UTF-8 become U+FFFD, as tracer shows them.
+    return b"".join(chunks).decode(errors="replace")
 
 
 def read_comm(directory=OWN_DIR):

@@ -51,7 +51,7 @@ impl Version {
 
     /// Whether tracer knows this version's layout.
     pub const fn supported(self) -> bool {
-        self.major == 3 && self.minor >= 8 && self.minor <= 14
+        self.major == 3 && self.minor >= 8 && self.minor <= 15
     }
 }
 
@@ -299,7 +299,8 @@ impl Layout {
             .ok_or_else(|| bad("no thread state section"))?;
         let ts = |i: usize| words[ts_start + i];
         let ts_size = ts(0);
-        let (ts_next, thread_id, native) = (ts(2), ts(5), ts(6));
+        let (thread_id, native) = thread_ids(version, &words[ts_start..])?;
+        let ts_next = ts(2);
         for (name, offset, size) in [
             ("interpreter next", next, interp_size),
             ("threads head", threads_head, interp_size),
@@ -369,6 +370,34 @@ pub const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
 /// How much of `_Py_DebugOffsets` is read: more than the 3.13 and 3.14 tables hold before
 /// the sections found by content.
 pub const DEBUG_OFFSETS_LEN: usize = 1024;
+
+/// `thread_id` and `native_thread_id` of a `_Py_DebugOffsets.thread_state` section (`ts`
+/// starts at its `size`).
+///
+/// In 3.13 and 3.14 they follow `current_frame` (fields 5 and 6). 3.15 put `base_frame`,
+/// `last_profiled_frame` and more fields before them, and its pre-releases differ among
+/// themselves; what does not change is that both are `unsigned long`s, one after the
+/// other, after `current_frame`, `base_frame` and `last_profiled_frame` (fields 4 to 6).
+/// They are the first such pair from field 7, and must lie inside the thread state.
+/// Each native id read is then checked to be a thread of the process.
+fn thread_ids(version: Version, ts: &[u64]) -> Result<(u64, u64)> {
+    let bad = |what: String| Error::Invalid(format!("_Py_DebugOffsets thread state: {what}"));
+    let size = ts[0];
+    if !version.at_least(3, 15) {
+        return Ok((ts[5], ts[6]));
+    }
+    // 3.15: the frame pointers are 8 bytes apart after current_frame.
+    if ts[5] != ts[4] + 8 || ts[6] != ts[5] + 8 {
+        return Err(bad(format!(
+            "current_frame {}, base_frame {}, last_profiled_frame {} are not consecutive",
+            ts[4], ts[5], ts[6]
+        )));
+    }
+    (7..ts.len().min(7 + 16) - 1)
+        .find(|&i| ts[i] > ts[6] && ts[i + 1] == ts[i] + 8 && ts[i + 1] + 8 <= size)
+        .map(|i| (ts[i], ts[i + 1]))
+        .ok_or_else(|| bad("no thread_id and native_thread_id pair after the frames".into()))
+}
 
 /// The first word index where `matches` holds for the words from there on.
 fn find(words: &[u64], matches: impl Fn(&[u64]) -> bool) -> Option<usize> {
@@ -521,6 +550,73 @@ pub mod tests {
         assert_eq!(layout.unicode_ascii_size, 40);
     }
 
+    /// The start of the table of Debian's CPython 3.15.2 (x86-64, GIL build), as read from
+    /// its `_PyRuntime`: the thread state section has `base_frame`, `last_profiled_frame`
+    /// and another field before `thread_id` (176) and `native_thread_id` (184).
+    pub fn debug_offsets_3_15() -> Vec<u8> {
+        let words: &[u64] = &[
+            0x030f02f0, 0, 346568, 912, 936, // header, runtime_state
+            226240, 7272, 7264, 7336, 7352, 7400, 7592, 7576, 7584, 16, 7736, 0, 7752, 7744, 7944,
+            0, // interpreter_state
+            888, 0, 8, 16, 72, 80, 88, 96, 176, 184, 256, 32, 36, 40, 136,
+            288, // thread_state
+            0, 88, 8, 0, 56, 80, 74, 64, 0, 216, 112, 120, 128, 136, 68, 52, 96, 104, 208, 0, 16,
+            8, // pyobject
+            424, 24, 88, 168, 32, 288, 944, 888, // type_object
+            40, 32, 16, 40, 24, 16, 200, 24, 40, 32, 48, 32, 40, 24, 16, // tuple .. float
+            32, 16, 24, // long
+            40, 16, 32, // bytes
+            64, 32, 16, 40, 56, // unicode
+        ];
+        let mut table = DEBUG_COOKIE.to_vec();
+        for w in words {
+            table.extend(w.to_le_bytes());
+        }
+        table.resize(DEBUG_OFFSETS_LEN, 0);
+        table
+    }
+
+    #[test]
+    fn debug_offsets_of_3_15() {
+        let layout = Layout::from_debug_offsets(&debug_offsets_3_15()).unwrap();
+        assert_eq!(layout.version, Version::new(3, 15, 2));
+        assert_eq!(layout.runtime_interpreters_head, 936);
+        assert_eq!(layout.interp_threads_head, 7336);
+        assert_eq!(layout.interp_modules, 7592);
+        assert_eq!(layout.interp_gil_pointer, Some(16));
+        assert_eq!(layout.tstate_next, 8);
+        assert_eq!(layout.tstate_thread_id, 176);
+        assert_eq!(layout.tstate_native_thread_id, Some(184));
+        assert_eq!(layout.type_size, 424);
+        assert_eq!(layout.ht_cached_keys(), 888);
+        assert_eq!(
+            (
+                layout.unicode_state,
+                layout.unicode_length,
+                layout.unicode_ascii_size
+            ),
+            (32, 16, 40)
+        );
+    }
+
+    /// Reading 3.15's table as 3.14's would take `base_frame` for `thread_id`: a 3.15
+    /// table whose thread state section is not laid out as expected is refused, not read.
+    #[test]
+    fn a_3_15_thread_state_section_not_as_expected_is_refused() {
+        let table = debug_offsets_3_15();
+        let word = |i: usize| 8 + 8 * i; // the cookie, then word i of the table
+        // base_frame not right after current_frame.
+        let mut moved = table.clone();
+        moved[word(26)..word(27)].copy_from_slice(&120u64.to_le_bytes());
+        let err = Layout::from_debug_offsets(&moved).unwrap_err();
+        assert!(err.to_string().contains("not consecutive"), "{err}");
+        // No adjacent pair of ids inside the thread state.
+        let mut no_pair = table.clone();
+        no_pair[word(21)..word(22)].copy_from_slice(&180u64.to_le_bytes());
+        let err = Layout::from_debug_offsets(&no_pair).unwrap_err();
+        assert!(err.to_string().contains("native_thread_id"), "{err}");
+    }
+
     /// A 3.14 table without the last two interpreter fields: the thread state section is
     /// still found.
     #[test]
@@ -553,7 +649,7 @@ pub mod tests {
         let err = Layout::from_debug_offsets(&free_threaded).unwrap_err();
         assert!(err.to_string().contains("free-threaded"), "{err}");
         let mut future = good.clone();
-        future[8..16].copy_from_slice(&0x030f00f0u64.to_le_bytes());
+        future[8..16].copy_from_slice(&0x031000f0u64.to_le_bytes());
         assert!(Layout::from_debug_offsets(&future).is_err());
         // An offset outside its struct.
         let mut outside = good.clone();
