@@ -373,19 +373,12 @@ fn services_are_told_apart_by_script_module_and_rule() {
     std::fs::write(dir.path().join("billing/__init__.py"), "").unwrap();
     std::fs::write(dir.path().join("billing/jobs.py"), SERVICE).unwrap();
     let start = |args: &[&str]| {
-        let mut child = Command::new(python())
-            .args(args)
-            .current_dir(dir.path())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        let (child, line) = start_until_first_line(
+            Command::new(python())
+                .args(args)
+                .current_dir(dir.path())
+                .stdin(std::process::Stdio::piped()),
+        );
         let tid: u32 = line.trim().parse().unwrap();
         (child, tid)
     };
@@ -488,18 +481,11 @@ for t in threads: t.start()
 print(" ".join(str(t.native_id) for t in threads), flush=True)
 sys.stdin.read()
 "#;
-    let mut child = Command::new(python())
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, line) = start_until_first_line(
+        Command::new(python())
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped()),
+    );
     let tids: Vec<u32> = line
         .split_whitespace()
         .map(|t| t.parse().unwrap())
