@@ -393,22 +393,10 @@ impl Shared {
                 });
                 state.add_thread(tid, tgid, comm);
             }
-            let (tgid, comm) = {
-                let t = &state.threads[&tid];
-                (t.tgid, t.comm.clone())
-            };
-            let Some(process) = state.process_name(tgid).map(str::to_owned) else {
-                return;
-            };
-            if !rules.exports(&process) {
-                return;
+            let name = python.names.get(&tid).map(String::as_str);
+            if let Some(key) = state.series_of_thread(tid, name, rules) {
+                series.entry(key).or_default().add(&values);
             }
-            let name = python.names.get(&tid).map_or(comm.as_str(), String::as_str);
-            let key = state.series_for(&process, name, rules);
-            if let Some(t) = state.threads.get_mut(&tid) {
-                t.series = Some(key.clone());
-            }
-            series.entry(key).or_default().add(&values);
         });
         // Threads that have not left a CPU since the attach (asleep all along, an idle pool,
         // a deadlocked pair) have no entry in the kernel map: they are in their series too,
@@ -420,25 +408,12 @@ impl Shared {
             .filter(|tid| !in_map.contains_key(tid))
             .collect();
         for tid in idle {
-            let thread = &state.threads[&tid];
-            if let Some(key) = &thread.series {
-                series.entry(key.clone()).or_default();
-                continue;
+            let tgid = state.threads[&tid].tgid;
+            let name = python.names.get(&tid).map(String::as_str);
+            if let Some(key) = state.series_of_thread(tid, name, rules) {
+                let values = series.entry(key).or_default();
+                values.python |= u64::from(python.processes.contains(&tgid));
             }
-            let (tgid, comm) = (thread.tgid, thread.comm.clone());
-            let Some(process) = state.process_name(tgid).map(str::to_owned) else {
-                continue;
-            };
-            if !rules.exports(&process) {
-                continue;
-            }
-            let name = python.names.get(&tid).map_or(comm.as_str(), String::as_str);
-            let key = state.series_for(&process, name, rules);
-            if let Some(t) = state.threads.get_mut(&tid) {
-                t.series = Some(key.clone());
-            }
-            let values = series.entry(key).or_default();
-            values.python |= u64::from(python.processes.contains(&tgid));
         }
         state.finish_scrape(&mut series);
         // A process's run-queue waits: those of all its series, live or retired.

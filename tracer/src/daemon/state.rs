@@ -307,6 +307,29 @@ impl State {
         counts.last_seen = Some(now);
     }
 
+    /// The series thread `tid` counts in: the one it was first exported in, or else the one
+    /// its process admits it to by `name` (its Python name; else its kernel name), fixed from
+    /// then on. None when the thread is unknown or its process is not exported.
+    pub fn series_of_thread(
+        &mut self,
+        tid: u32,
+        name: Option<&str>,
+        rules: &Compiled,
+    ) -> Option<SeriesKey> {
+        let thread = self.threads.get(&tid)?;
+        if let Some(key) = &thread.series {
+            return Some(key.clone());
+        }
+        let (tgid, comm) = (thread.tgid, thread.comm.clone());
+        let process = self.process_name(tgid)?.to_owned();
+        if !rules.exports(&process) {
+            return None;
+        }
+        let key = self.series_for(&process, name.unwrap_or(&comm), rules);
+        self.threads.get_mut(&tid)?.series = Some(key.clone());
+        Some(key)
+    }
+
     /// The series a thread named `name` of `process` counts in, admitting it under the cap.
     pub fn series_for(&mut self, process: &str, name: &str, rules: &Compiled) -> SeriesKey {
         let label = rules.thread_label(process, name);
