@@ -498,10 +498,11 @@ sys.stdin.read()
             .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
             .sum::<u64>()
     };
-    // Every idle thread is asleep on the event before the daemon starts.
-    let before: Vec<u64> = tids.iter().map(|&t| switches(t)).collect();
+    // Every idle thread is asleep on the event before the daemon starts (the last ones
+    // started may still be on their way to it when their ids are printed).
     std::thread::sleep(Duration::from_millis(200));
     let daemon = Daemon::start(&[], &[]);
+    let before: Vec<u64> = tids.iter().map(|&t| switches(t)).collect();
     let samples = daemon.samples();
     let after: Vec<u64> = tids.iter().map(|&t| switches(t)).collect();
     drop(child.stdin.take());
