@@ -19,6 +19,18 @@ pub mod state {
     pub const EXITED: u32 = 4;
 }
 
+/// Whether a thread's latest wakeup followed its own `sched_waking` ([`ThreadStats::waking`]),
+/// kept only while wakings are streamed.
+pub mod waking {
+    /// No wakeup seen since the capture started.
+    pub const UNKNOWN: u32 = 0;
+    /// A `sched_waking` was seen and its `sched_wakeup` not yet.
+    pub const SEEN: u32 = 1;
+    /// The thread was woken (`sched_wakeup`): the next wakeup needs a `sched_waking` of its
+    /// own, and one without counts as a lost waking.
+    pub const WOKEN: u32 = 2;
+}
+
 /// [`ThreadStats::flags`]: the thread was created while traced, so the kernel's counters
 /// for it started at zero within the capture.
 pub const BORN_TRACED: u32 = 1;
@@ -83,6 +95,9 @@ pub struct ThreadStats {
     pub flags: u32,
     /// Number of [`Snapshot`]s taken (switches out with the kernel's counters read).
     pub snapshots: u32,
+    /// One of [`waking`].
+    pub waking: u32,
+    pub _pad: u32,
     /// At the first and the latest snapshot.
     pub first: Snapshot,
     pub last: Snapshot,
@@ -127,6 +142,8 @@ impl ThreadStats {
             state,
             flags: 0,
             snapshots: 0,
+            waking: waking::UNKNOWN,
+            _pad: 0,
             first: Snapshot {
                 kernel: Counts::ZERO,
                 derived: Counts::ZERO,

@@ -12,10 +12,12 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{
     event::{EventKind, Switch, Wakeup},
-    thread::{Counts, ThreadStats, state},
+    thread::{Counts, ThreadStats, state, waking},
 };
 
-use crate::maps::{ON_CPU, Task, current, emit, field, header, now_ns, observe, settings, thread};
+use crate::maps::{
+    ON_CPU, Task, count_lost, current, emit, field, header, now_ns, observe, settings, thread,
+};
 
 /// `sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
 /// unsigned int prev_state)`; user space checks this shape in the kernel's BTF.
@@ -240,6 +242,9 @@ fn try_sched_wakeup(
     let Some(t) = thread(tid, tgid, || now) else {
         return Ok(());
     };
+    if settings().streams(EventKind::Waking) {
+        note_waking(t, kind, new_task);
+    }
     if kind != EventKind::Waking {
         match t.state {
             // A wakeup that raced with the thread going to sleep: it never left the CPU.
@@ -261,4 +266,21 @@ fn try_sched_wakeup(
         new_task: new_task as u32,
     });
     Ok(())
+}
+
+/// Keeps whether `t`'s wakeups follow their `sched_waking`. The kernel traces a waking for
+/// every wakeup of a sleeping thread (`try_to_wake_up` does so before it queues the thread),
+/// yet on rare occasions the waking's program does not run (seen for wakings raised in hard
+/// interrupts): a wakeup since which no waking was seen counts that waking as lost. A new
+/// thread's first wakeup has no waking.
+#[inline(always)]
+fn note_waking(t: &mut ThreadStats, kind: EventKind, new_task: bool) {
+    if kind == EventKind::Waking {
+        t.waking = waking::SEEN;
+    } else if !new_task {
+        if t.waking == waking::WOKEN {
+            count_lost(EventKind::Waking);
+        }
+        t.waking = waking::WOKEN;
+    }
 }

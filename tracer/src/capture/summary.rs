@@ -1,6 +1,6 @@
 //! The `record` JSON summary, schema `tracer.record/v1`.
 
-use std::{fs, io::Write as _, path::Path};
+use std::{collections::BTreeMap, fs, io::Write as _, path::Path};
 
 use serde::Serialize;
 use tracer_common::thread::{BORN_TRACED, Counts, ThreadStats, state};
@@ -23,6 +23,8 @@ pub struct Summary {
     pub started_ns: u64,
     pub duration_ns: u64,
     pub lost_events: u64,
+    /// `lost_events` by event kind (`switch`, `waking`, ...), the kinds with losses only.
+    pub lost_events_by_kind: BTreeMap<&'static str, u64>,
     pub threads: Vec<ThreadSummary>,
 }
 

@@ -433,13 +433,27 @@ fn summarize(
         started_ns,
         duration_ns: end_ns.saturating_sub(started_ns),
         lost_events: lost.iter().sum(),
+        lost_events_by_kind: EventKind::ALL
+            .iter()
+            .zip(lost)
+            .filter(|&(_, &n)| n > 0)
+            .map(|(kind, &n)| (kind.name(), n))
+            .collect(),
         threads,
     }
 }
 
 fn report_lost(lost: &[u64]) {
     for (kind, &n) in EventKind::ALL.iter().zip(lost) {
-        if n > 0 {
+        if n == 0 {
+            continue;
+        }
+        if *kind == EventKind::Waking {
+            eprintln!(
+                "tracer: warning: {n} waking events were lost (the ring buffer was full, or \
+                 the kernel ran no program for them); the wakeups themselves were counted"
+            );
+        } else {
             eprintln!(
                 "tracer: warning: {n} {} events were lost (the ring buffer was full)",
                 kind.name()

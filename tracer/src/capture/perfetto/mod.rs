@@ -880,6 +880,7 @@ mod tests {
             started_ns: 5,
             duration_ns: 50,
             lost_events: 0,
+            lost_events_by_kind: Default::default(),
             threads: table
                 .iter()
                 .map(|t| ThreadSummary::new(t, Counters::default()))
