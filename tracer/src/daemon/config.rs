@@ -32,6 +32,8 @@ pub struct Config {
     /// Rules naming processes (first match wins); a process no rule matches gets the
     /// default name.
     pub process_names: Vec<ProcessNameRule>,
+    /// Labels added to every process and thread series, from where the process runs.
+    pub labels: Vec<Label>,
     /// Threads the kernel map can hold at once.
     pub max_traced_threads: u32,
     /// Whether futex waits are traced (`tracer_futex_wait_seconds`, GIL waits). They are seen
@@ -51,6 +53,30 @@ pub struct NameRule {
     pub process: Option<String>,
     pub pattern: String,
     pub replacement: String,
+}
+
+/// A label the configuration's `labels` can add, read from the process's cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Label {
+    /// `unit`: the systemd unit the process runs in (`orders.service`).
+    Unit,
+    /// `container`: the first 12 hex digits of the process's container id.
+    Container,
+}
+
+/// Which of the optional labels series carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Labels {
+    pub unit: bool,
+    pub container: bool,
+}
+
+impl Labels {
+    /// Whether any of them is on (and the cgroups must be read).
+    pub const fn any(self) -> bool {
+        self.unit || self.container
+    }
 }
 
 /// The default thread name rules: a kernel thread's name loses what follows its first `/`,
@@ -73,6 +99,7 @@ impl Default for Config {
             exclude_processes: Vec::new(),
             thread_name_rules: default_thread_name_rules(),
             process_names: Vec::new(),
+            labels: Vec::new(),
             max_traced_threads: 32768,
             futex_waits: true,
         }
@@ -156,8 +183,37 @@ impl Config {
                 })
                 .collect::<Result<_>>()?,
             namer: Namer::new(&self.process_names)?,
+            labels: self.compile_labels()?,
             max_threads_per_process: self.max_threads_per_process,
         })
+    }
+}
+
+impl Config {
+    fn compile_labels(&self) -> Result<Labels> {
+        let mut labels = Labels::default();
+        for label in &self.labels {
+            let on = match label {
+                Label::Unit => &mut labels.unit,
+                Label::Container => &mut labels.container,
+            };
+            if *on {
+                return Err(Error::Config(format!(
+                    "labels lists {:?} twice",
+                    label_name(*label)
+                )));
+            }
+            *on = true;
+        }
+        Ok(labels)
+    }
+}
+
+/// A label's name as series carry it.
+pub const fn label_name(label: Label) -> &'static str {
+    match label {
+        Label::Unit => "unit",
+        Label::Container => "container",
     }
 }
 
@@ -169,6 +225,8 @@ pub struct Compiled {
     rules: Vec<(Option<Regex>, Regex, String)>,
     /// Names processes.
     pub namer: Namer,
+    /// The optional labels series carry.
+    pub labels: Labels,
     pub max_threads_per_process: usize,
 }
 
@@ -263,6 +321,25 @@ mod tests {
         }
         // Only kernel threads.
         assert_eq!(compiled.thread_label("app", "io/0"), "io/0");
+    }
+
+    #[test]
+    fn labels_are_chosen_by_name_once_each() {
+        let config = Config::parse(r#"labels = ["container", "unit"]"#).unwrap();
+        let labels = config.compile().unwrap().labels;
+        assert!(labels.unit && labels.container);
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+        assert_eq!(Config::default().compile().unwrap().labels, Labels::default());
+        let unknown = Config::parse(r#"labels = ["pod"]"#).unwrap_err();
+        assert!(unknown.contains("unknown variant `pod`"), "{unknown}");
+        let twice = Config::parse(r#"labels = ["unit", "unit"]"#).unwrap();
+        assert!(
+            twice
+                .compile()
+                .unwrap_err()
+                .to_string()
+                .contains("\"unit\" twice")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! from a template instead. A process is named once, when it is first seen and again when it
 //! execs, never per scrape.
 
+pub mod cgroup;
 pub mod identity;
 mod python;
 
