@@ -183,7 +183,7 @@ fn check_futex_waits(
     problems: &mut Vec<String>,
 ) {
     let label = pt[1].1;
-    let waits = value(samples, "tracer_futex_wait_seconds_count", pt) as u64;
+    let waits = value(samples, "tracer_thread_futex_waits_total", pt) as u64;
     let asleep = t["voluntary_switches"].as_u64().unwrap();
     if waits > asleep {
         problems.push(format!(
@@ -205,7 +205,7 @@ fn check_futex_waits(
             let off_cpu = (ns(end, "read_ns") - ns(start, "read_ns"))
                 - (ns(end, "on_cpu_ns") - ns(start, "on_cpu_ns"))
                 - (ns(end, "runqueue_wait_ns") - ns(start, "runqueue_wait_ns"));
-            let waited = value(samples, "tracer_futex_wait_seconds_sum", pt) * 1e9;
+            let waited = value(samples, "tracer_thread_futex_wait_seconds_total", pt) * 1e9;
             let margin = 5e6f64.max(off_cpu * 0.05);
             if waited > off_cpu + margin || waited < off_cpu - margin - stolen * 1e9 {
                 problems.push(format!(
@@ -562,7 +562,7 @@ fn futex_probes_can_be_left_out() {
         );
         // ...but no futex wait is seen.
         assert_eq!(
-            value(&samples, "tracer_futex_wait_seconds_count", &pt),
+            value(&samples, "tracer_thread_futex_waits_total", &pt),
             0.0,
             "{pt:?}"
         );

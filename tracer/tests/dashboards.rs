@@ -173,14 +173,16 @@ fn dashboards_are_importable() {
             substitute(&expr);
             let names = metric_names(&expr);
             let per_thread = names.iter().any(|m| {
-                ["tracer_thread_", "tracer_futex_", "tracer_python_"]
+                ["tracer_thread_", "tracer_python_"]
                     .iter()
                     .any(|p| m.starts_with(p))
             });
             let per_process = per_thread
-                || names
-                    .iter()
-                    .any(|m| m.starts_with("tracer_threads") || m.starts_with("tracer_runqueue_"));
+                || names.iter().any(|m| {
+                    ["tracer_threads", "tracer_runqueue_", "tracer_futex_"]
+                        .iter()
+                        .any(|p| m.starts_with(p))
+                });
             assert!(
                 !per_process || expr.contains("$process"),
                 "{file}: panel {title:?} ignores $process: {expr}"

@@ -25,7 +25,8 @@ static LE: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
 pub struct Scrape {
     /// Per (process, thread) series.
     pub series: FastMap<SeriesKey, Values>,
-    /// Per process name: threads created, exited, alive; run-queue waits of all its threads.
+    /// Per process name: threads created, exited, alive; the run-queue and futex waits of all
+    /// its threads.
     pub processes: Vec<ProcessRow>,
     pub lost: Vec<(EventKind, u64)>,
     pub folded: u64,
@@ -44,7 +45,8 @@ pub struct ProcessRow {
     pub threads_created: u64,
     pub threads_exited: u64,
     pub threads_alive: u64,
-    pub runqueue: Values,
+    /// The sum of its series as exported by the same scrape.
+    pub totals: Values,
 }
 
 /// A sample value: integers print exactly, seconds as decimals.
@@ -209,13 +211,15 @@ impl Suffixed {
 }
 
 /// Lines a scrape writes per thread series, for sizing the buffer.
-const LINES_PER_SERIES: usize = 5 + EXPORTED_BUCKETS.len() + 3;
+const LINES_PER_SERIES: usize = 7;
+/// Lines a scrape writes per process (two histograms and three counts), for sizing the buffer.
+const LINES_PER_PROCESS: usize = 2 * (EXPORTED_BUCKETS.len() + 3) + 3;
 
 /// The exposition text of a scrape, in the contract's metric names.
 pub fn render(s: &Scrape) -> String {
     let mut out = Out {
         text: String::with_capacity(
-            256 * (LINES_PER_SERIES * s.series.len() + 32 * s.processes.len() + 64),
+            128 * (LINES_PER_SERIES * s.series.len() + LINES_PER_PROCESS * s.processes.len() + 64),
         ),
     };
     let processes =
@@ -299,6 +303,20 @@ pub fn render(s: &Scrape) -> String {
                 out.line(name, labels, None, Num::Seconds(get(v)));
             }
         }
+        let name = "tracer_thread_futex_waits_total";
+        out.header(
+            name,
+            "counter",
+            "Futex waits (locks, condition variables): times the thread fell asleep in one.",
+        );
+        for (labels, v) in &series {
+            out.line(name, labels, None, Num::Int(v.futex_waits));
+        }
+        let name = "tracer_thread_futex_wait_seconds_total";
+        out.header(name, "counter", "Time blocked in futex waits, until woken.");
+        for (labels, v) in &series {
+            out.line(name, labels, None, Num::Seconds(v.futex_wait_ns));
+        }
     }
     let python: Vec<&(String, &Values)> = series.iter().filter(|(_, v)| v.python > 0).collect();
     if !python.is_empty() {
@@ -313,31 +331,30 @@ pub fn render(s: &Scrape) -> String {
         }
     }
     if !s.processes.is_empty() {
+        let labels: Vec<String> = s
+            .processes
+            .iter()
+            .map(|p| Out::labels(&[("process", &p.process)]))
+            .collect();
         let name = "tracer_runqueue_latency_seconds";
         out.header(
             name,
             "histogram",
             "Run-queue waits (wakeup or preemption to running), by process name.",
         );
-        for p in &s.processes {
-            let labels = Out::labels(&[("process", &p.process)]);
-            out.histogram(
-                name,
-                &labels,
-                &p.runqueue.runqueue_hist,
-                p.runqueue.runqueue_wait_ns,
-            );
+        for (p, labels) in s.processes.iter().zip(&labels) {
+            let t = &p.totals;
+            out.histogram(name, labels, &t.runqueue_hist, t.runqueue_wait_ns);
         }
-    }
-    if !series.is_empty() {
         let name = "tracer_futex_wait_seconds";
         out.header(
             name,
             "histogram",
-            "Futex wait calls (locks, condition variables) and the time blocked in them.",
+            "Futex waits (locks, condition variables) and the time blocked in them, by process name.",
         );
-        for (labels, v) in &series {
-            out.histogram(name, labels, &v.futex_hist, v.futex_wait_ns);
+        for (p, labels) in s.processes.iter().zip(&labels) {
+            let t = &p.totals;
+            out.histogram(name, labels, &t.futex_hist, t.futex_wait_ns);
         }
     }
     let name = "tracer_events_lost_total";
@@ -433,40 +450,64 @@ mod tests {
         v.futex_hist[20] = 3; // < ~1 ms
         v.futex_hist[39] = 1; // open-ended
         v.futex_wait_ns = 1_500_000_000;
+        let text = render(&Scrape {
+            processes: vec![ProcessRow {
+                process: "p".into(),
+                totals: v,
+                ..ProcessRow::default()
+            }],
+            ..Scrape::default()
+        });
+        for line in [
+            r#"tracer_futex_wait_seconds_bucket{process="p",le="0.000001024"} 2"#,
+            r#"tracer_futex_wait_seconds_bucket{process="p",le="0.001048576"} 5"#,
+            r#"tracer_futex_wait_seconds_bucket{process="p",le="+Inf"} 6"#,
+            r#"tracer_futex_wait_seconds_sum{process="p"} 1.5"#,
+            r#"tracer_futex_wait_seconds_count{process="p"} 6"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn thread_series_are_counters_and_gauges_only() {
+        let mut v = Values::default();
+        v.futex_hist[12] = 4;
+        v.futex_waits = 4;
+        v.futex_wait_ns = 8_000;
         let key = SeriesKey {
             process: "p".into(),
             thread: "t".into(),
         };
         let text = render(&Scrape {
-            series: FastMap::from_iter([(key, v)]),
+            series: FastMap::from_iter([(key, v.clone())]),
+            processes: vec![ProcessRow {
+                process: "p".into(),
+                totals: v,
+                ..ProcessRow::default()
+            }],
             ..Scrape::default()
         });
-        assert!(
-            text.contains(
-                r#"tracer_futex_wait_seconds_bucket{process="p",thread="t",le="0.000001024"} 2"#
-            ),
-            "{text}"
+        let histograms: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" histogram"))
+            .collect();
+        assert_eq!(
+            histograms,
+            [
+                "tracer_runqueue_latency_seconds",
+                "tracer_futex_wait_seconds"
+            ]
         );
-        assert!(
-            text.contains(
-                r#"tracer_futex_wait_seconds_bucket{process="p",thread="t",le="0.001048576"} 5"#
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                r#"tracer_futex_wait_seconds_bucket{process="p",thread="t",le="+Inf"} 6"#
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"tracer_futex_wait_seconds_sum{process="p",thread="t"} 1.5"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"tracer_futex_wait_seconds_count{process="p",thread="t"} 6"#),
-            "{text}"
-        );
+        for line in text.lines().filter(|l| l.contains("thread=")) {
+            assert!(!histograms.iter().any(|h| line.starts_with(h)), "{line}");
+        }
+        for line in [
+            r#"tracer_thread_futex_waits_total{process="p",thread="t"} 4"#,
+            r#"tracer_thread_futex_wait_seconds_total{process="p",thread="t"} 0.000008"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 
     #[test]

@@ -416,10 +416,10 @@ impl Shared {
             }
         }
         state.finish_scrape(&mut series);
-        // A process's run-queue waits: those of all its series, live or retired.
-        let mut runqueue: HashMap<String, Values> = HashMap::new();
+        // A process's run-queue and futex waits: those of all its series as exported.
+        let mut totals: HashMap<String, Values> = HashMap::new();
         for (key, values) in &series {
-            runqueue.entry(key.process.clone()).or_default().add(values);
+            totals.entry(key.process.clone()).or_default().add(values);
         }
         let mut alive: HashMap<&str, u64> = HashMap::new();
         for t in state.threads.values() {
@@ -436,7 +436,7 @@ impl Shared {
                 threads_alive: alive.get(name.as_str()).copied().unwrap_or(n),
                 threads_created: state.processes.get(&name).map_or(0, |c| c.threads_created),
                 threads_exited: state.processes.get(&name).map_or(0, |c| c.threads_exited),
-                runqueue: runqueue.remove(&name).unwrap_or_default(),
+                totals: totals.remove(&name).unwrap_or_default(),
                 process: name,
             })
             .collect();

@@ -59,6 +59,8 @@ pub struct Values {
     pub on_cpu_ns: u64,
     pub runqueue_wait_ns: u64,
     pub runqueue_waits: u64,
+    /// Futex waits: always the sum of `futex_hist`, so that a process's histogram counts
+    /// exactly the waits of its thread series.
     pub futex_waits: u64,
     pub futex_wait_ns: u64,
     pub gil_wait_ns: u64,
@@ -111,7 +113,7 @@ impl Values {
             on_cpu_ns: c.on_cpu_ns,
             runqueue_wait_ns: c.runqueue_wait_ns,
             runqueue_waits: stats.runqueue_waits,
-            futex_waits: c.futex_waits,
+            futex_waits: stats.futex_hist.iter().copied().map(u64::from).sum(),
             futex_wait_ns: c.futex_wait_ns,
             gil_wait_ns: stats.gil_wait_ns,
             python: u64::from(python),
@@ -358,6 +360,7 @@ impl State {
             match self.reported.get_mut(key) {
                 Some(previous) => {
                     values.at_least(previous);
+                    values.futex_waits = values.futex_hist.iter().sum();
                     previous.clone_from(values);
                 }
                 None => {
