@@ -84,7 +84,36 @@ fn daemonset_can_trace_the_host() {
         .expect("runs `daemon`");
     assert_eq!(
         &command[daemon..],
-        ["daemon", "--listen", &format!("0.0.0.0:{PORT}")]
+        [
+            "daemon",
+            "--listen",
+            &format!("0.0.0.0:{PORT}"),
+            "--config",
+            "/etc/tracer/tracer.toml"
+        ]
+    );
+    // The configuration comes from the ConfigMap mounted there, and turns `container` on.
+    let config_map = of_kind(&docs, "ConfigMap");
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/tracer")
+        .expect("/etc/tracer is mounted");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mount's volume");
+    assert_eq!(volume["configMap"]["name"], config_map["metadata"]["name"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tracer.toml");
+    std::fs::write(&file, config_map["data"]["tracer.toml"].as_str().unwrap()).unwrap();
+    let effective = print_config(Some(&file));
+    assert!(
+        effective.contains("labels = [\"container\"]"),
+        "the ConfigMap's configuration: {effective}"
     );
     let ports = c["ports"].as_array().unwrap();
     let metrics = ports

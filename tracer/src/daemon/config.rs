@@ -231,14 +231,16 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Whether a process with this name is exported.
+    /// Whether a process with this name (or [`super::labels`] identity) is exported.
     pub fn exports(&self, process: &str) -> bool {
+        let process = super::labels::name_of(process);
         (self.include.is_empty() || self.include.iter().any(|re| re.is_match(process)))
             && !self.exclude.iter().any(|re| re.is_match(process))
     }
 
-    /// The name of a thread of `process` after the normalisation rules.
+    /// The name of a thread of `process` (a name or identity) after the normalisation rules.
     pub fn thread_label(&self, process: &str, name: &str) -> String {
+        let process = super::labels::name_of(process);
         let mut name = name.to_owned();
         for (only, re, replacement) in &self.rules {
             if only.as_ref().is_none_or(|p| p.is_match(process)) {
@@ -329,7 +331,10 @@ mod tests {
         let labels = config.compile().unwrap().labels;
         assert!(labels.unit && labels.container);
         assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
-        assert_eq!(Config::default().compile().unwrap().labels, Labels::default());
+        assert_eq!(
+            Config::default().compile().unwrap().labels,
+            Labels::default()
+        );
         let unknown = Config::parse(r#"labels = ["pod"]"#).unwrap_err();
         assert!(unknown.contains("unknown variant `pod`"), "{unknown}");
         let twice = Config::parse(r#"labels = ["unit", "unit"]"#).unwrap();

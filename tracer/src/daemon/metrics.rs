@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 
 use tracer_common::{event::EventKind, thread::HISTOGRAM_BUCKETS};
 
-use super::state::{FastMap, SeriesKey, Values};
+use super::{
+    labels,
+    state::{FastMap, SeriesKey, Values},
+};
 
 /// Histogram bounds exported: every other power of two from 2^10 ns (1 µs) to 2^34 ns (17 s).
 pub const EXPORTED_BUCKETS: [usize; 13] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34];
@@ -171,6 +174,11 @@ impl Out {
     }
 }
 
+/// The escaped labels of a process identity ([`labels`]).
+fn process_labels(process: &str) -> String {
+    Out::labels(&labels::label_pairs(process).collect::<Vec<_>>())
+}
+
 /// Appends `n` in decimal.
 fn push_u64(text: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -229,7 +237,7 @@ pub fn render(s: &Scrape) -> String {
             }
             out.header(name, kind, help);
             for p in &s.processes {
-                out.sample(name, &[("process", &p.process)], Num::Int(value(p)));
+                out.line(name, &process_labels(&p.process), None, Num::Int(value(p)));
             }
         };
     processes(
@@ -260,7 +268,11 @@ pub fn render(s: &Scrape) -> String {
         .iter()
         .map(|(k, v)| {
             (
-                Out::labels(&[("process", &k.process), ("thread", &k.thread)]),
+                Out::labels(
+                    &labels::label_pairs(&k.process)
+                        .chain([("thread", &k.thread[..])])
+                        .collect::<Vec<_>>(),
+                ),
                 v,
             )
         })
@@ -334,7 +346,7 @@ pub fn render(s: &Scrape) -> String {
         let labels: Vec<String> = s
             .processes
             .iter()
-            .map(|p| Out::labels(&[("process", &p.process)]))
+            .map(|p| process_labels(&p.process))
             .collect();
         let name = "tracer_runqueue_latency_seconds";
         out.header(

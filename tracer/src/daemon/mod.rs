@@ -2,6 +2,7 @@
 
 pub mod config;
 mod http;
+pub mod labels;
 pub mod metrics;
 mod notify;
 mod python;
@@ -27,7 +28,7 @@ use crate::{
     capture::{comm_to_string, events::Event},
     error::{Error, Result},
     kernel::{monotonic_ns, privileges, procfs},
-    naming::Identity,
+    naming::{Identity, cgroup::Placement},
     probes::{Options, Probes},
 };
 
@@ -239,14 +240,20 @@ fn apply(
     }
 }
 
-/// The name of process `tgid`, whose main thread is called `comm`: from its command line and
-/// executable by `rules`; from `comm` alone when /proc no longer has it.
+/// The identity of process `tgid` in series ([`labels`]), whose main thread is called
+/// `comm`: its name from its command line and executable by `rules` (from `comm` alone when
+/// /proc no longer has it), with its unit and container from its cgroup when `rules` asks.
 fn process_name(rules: &Compiled, tgid: u32, comm: &str) -> String {
     let identity = Identity::of_process(tgid, comm).unwrap_or_else(|| Identity {
         comm: comm.to_owned(),
         ..Identity::default()
     });
-    rules.namer.name(&identity)
+    let placement = if rules.labels.any() {
+        Placement::of_process(tgid)
+    } else {
+        Placement::default()
+    };
+    labels::process_key(rules.namer.name(&identity), &placement, rules.labels)
 }
 
 /// Whether a thread id handed to [`harvest`] may name a newer thread by now.

@@ -38,8 +38,8 @@ impl Placement {
     pub fn of_process(pid: u32) -> Self {
         let path = Path::new("/proc").join(pid.to_string()).join("cgroup");
         let mut raw = Vec::new();
-        let read = fs::File::open(path)
-            .and_then(|f| f.take(MAX_CGROUP_FILE as u64).read_to_end(&mut raw));
+        let read =
+            fs::File::open(path).and_then(|f| f.take(MAX_CGROUP_FILE as u64).read_to_end(&mut raw));
         match read {
             Ok(_) => Self::of_cgroup_file(&String::from_utf8_lossy(&raw)),
             Err(_) => Self::default(),
@@ -122,7 +122,9 @@ fn container_id(part: &str) -> Option<&str> {
 
 /// A container's full id: 64 lowercase hex digits.
 fn is_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A container runtime's monitor process scope (`crio-conmon-ID.scope`).
@@ -250,7 +252,10 @@ mod tests {
             )),
             placed("user@1000.service", SHORT)
         );
-        assert_eq!(v2(&format!("/libpod_parent/libpod-{ID}")), placed("", SHORT));
+        assert_eq!(
+            v2(&format!("/libpod_parent/libpod-{ID}")),
+            placed("", SHORT)
+        );
         assert_eq!(
             v2(&format!("/machine.slice/libpod-conmon-{ID}.scope")),
             Placement::default()

@@ -172,16 +172,22 @@ pub const PROMETHEUS: &str = "/usr/bin/prometheus";
 /// ready. Returns it and its address.
 pub fn start_prometheus(dir: &Path, targets: &[SocketAddr]) -> (Running, SocketAddr) {
     let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
+    start_prometheus_with(
+        dir,
+        &format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              scrape_configs:\n  - job_name: tracer\n    static_configs:\n      - targets: [{}]\n",
             targets.join(", ")
         ),
     )
-    .expect("writing prometheus.yml");
+}
+
+/// A Prometheus of its own (storage in `dir`) with `config` as its `prometheus.yml`, once it
+/// is ready. Returns it and its address.
+pub fn start_prometheus_with(dir: &Path, config: &str) -> (Running, SocketAddr) {
+    let text = config;
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, text).expect("writing prometheus.yml");
     let addr = localhost(free_port());
     let mut prometheus = Running::start(
         "prometheus",

@@ -1,0 +1,394 @@
+//! The daemon's `unit` and `container` labels, from the cgroups processes run in, and the
+//! join of tracer's series with kube-state-metrics' `kube_pod_container_info` that
+//! `deploy/kubernetes/prometheus/rules.yml` records, evaluated by a real Prometheus.
+//!
+//! The workloads run in cgroups made for the test (in the machine's cgroup v2 hierarchy)
+//! with the paths systemd gives a service and the Kubernetes kubelet (systemd driver,
+//! containerd) gives a container: the daemon reads them from `/proc/PID/cgroup` as it would
+//! on a node.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::{prom::find, services::*, *};
+
+/// How often the tests scrape while they wait for the daemon to catch up.
+const POLL: Duration = Duration::from_millis(200);
+/// The longest they wait: a bound on a daemon that never gets there, not on its speed.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A container id as containerd reports it (64 hex digits), and its first 12.
+const CONTAINER_ID: &str = "9c0b5e4f3a2d1c0b9a8f7e6d5c4b3a29181716151413121110f0e0d0c0b0a090";
+const CONTAINER: &str = "9c0b5e4f3a2d";
+/// Another pod's container, which no workload runs in.
+const OTHER_ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A CPython service whose thread `worker-main-loop` runs 0.2 s of CPU, prints its id and
+/// blocks until standard input closes.
+const SERVICE: &str = r#"
+import sys, threading, time
+def loop():
+    end = time.thread_time() + 0.2
+    while time.thread_time() < end:
+        pass
+    print(threading.get_native_id(), flush=True)
+    sys.stdin.read()
+t = threading.Thread(target=loop, name="worker-main-loop")
+t.start()
+t.join()
+"#;
+
+/// The cgroup v2 hierarchy's mount point, from this process's mount table.
+fn cgroup2_root() -> Option<PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
+        (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// Cgroups made for one test under a directory of its own, removed when dropped (their
+/// processes moved back to the root cgroup first).
+struct Cgroups {
+    root: PathBuf,
+    top: PathBuf,
+}
+
+impl Cgroups {
+    /// None, saying why, where this machine has no cgroup v2 hierarchy (a failure in CI).
+    fn new(test: &str) -> Option<Self> {
+        let Some(root) = cgroup2_root() else {
+            let reason = "no cgroup v2 hierarchy is mounted";
+            assert!(std::env::var_os("CI").is_none(), "{test}: {reason}");
+            eprintln!("skipped {test}: {reason}");
+            return None;
+        };
+        let top = root.join(format!("tracer-test-{}", std::process::id()));
+        std::fs::create_dir_all(&top).unwrap_or_else(|e| panic!("{}: {e}", top.display()));
+        Some(Self { root, top })
+    }
+
+    /// Makes `path` (relative, `/`-separated) under the test's directory.
+    fn make(&self, path: &str) -> PathBuf {
+        let dir = self.top.join(path);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        dir
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut todo = vec![self.top.clone()];
+        while let Some(dir) = todo.pop() {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                todo.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            dirs.push(dir);
+        }
+        // Deepest first: a cgroup is removed once it has no children and no processes.
+        for dir in dirs.iter().rev() {
+            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                for pid in procs.lines() {
+                    let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Starts the service in `dir` (by its script `orders_service.py`) inside cgroup `cgroup`:
+/// its shell moves itself there before it becomes Python. Returns it with the id its
+/// worker printed.
+fn start_service(dir: &Path, cgroup: Option<&Path>) -> (Child, u32) {
+    let script = dir.join("orders_service.py");
+    std::fs::write(&script, SERVICE).unwrap();
+    let procs = cgroup.map_or_else(String::new, |c| {
+        c.join("cgroup.procs").display().to_string()
+    });
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            r#"if [ -n "$1" ]; then echo $$ > "$1" || exit 1; fi; exec "$2" "$3""#,
+            "sh",
+            &procs,
+        ])
+        .arg(python())
+        .arg(&script)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let tid = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the service printed {line:?}"));
+    (child, tid)
+}
+
+/// Ends a service started by [`start_service`].
+fn stop_service(mut child: Child) {
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+/// The CPU time the kernel counts for thread `tid`, in seconds.
+fn cpu_of(tid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap();
+    text.split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        / 1e9
+}
+
+/// The daemon with `labels` on.
+fn daemon_with_labels(dir: &Path, labels: &str) -> Daemon {
+    let config = dir.join("tracer.toml");
+    std::fs::write(&config, format!("labels = {labels}\n")).unwrap();
+    Daemon::start(&["--config", config.to_str().unwrap()], &[])
+}
+
+/// Three CPython services run the same script: one as a systemd service, one in a
+/// Kubernetes container, one in neither. Each has series of its own, told apart by `unit`
+/// and `container` alone, with its own thread's CPU time as the kernel counts it and its own
+/// thread count.
+#[test]
+fn units_and_containers_tell_processes_of_one_name_apart() {
+    let test = "units_and_containers_tell_processes_of_one_name_apart";
+    if !can_trace(test) {
+        return;
+    }
+    let Some(cgroups) = Cgroups::new(test) else {
+        return;
+    };
+    let unit = format!("orders-{}.service", std::process::id());
+    let service_cgroup = cgroups.make(&format!("system.slice/{unit}"));
+    let container_cgroup = cgroups.make(&format!(
+        "kubepods.slice/kubepods-burstable.slice/\
+         kubepods-burstable-pod4a1e7c2b_93f1_4d0e_8c55_0b6f3e2d1a99.slice/\
+         cri-containerd-{CONTAINER_ID}.scope"
+    ));
+    let dir = scratch();
+    let daemon = daemon_with_labels(dir.path(), r#"["unit", "container"]"#);
+    let places = [
+        ("unit", Some(service_cgroup)),
+        ("container", Some(container_cgroup)),
+        ("neither", None),
+    ];
+    let services: Vec<(&str, Child, u32)> = places
+        .iter()
+        .map(|(place, cgroup)| {
+            let home = dir.path().join(place);
+            std::fs::create_dir(&home).unwrap();
+            let (child, tid) = start_service(&home, cgroup.as_deref());
+            (*place, child, tid)
+        })
+        .collect();
+    let labels_of = |place: &str| -> Vec<(&str, String)> {
+        match place {
+            "unit" => vec![("unit", unit.clone())],
+            "container" => vec![("container", CONTAINER.to_owned())],
+            _ => vec![],
+        }
+    };
+    // The series of `place`: exactly its labels, none of the others'.
+    let series_of = |samples: &[support::prom::Sample], name: &str, place: &str| -> Vec<f64> {
+        let want = labels_of(place);
+        find(samples, name, &[("process", "orders_service")])
+            .into_iter()
+            .filter(|s| {
+                ["unit", "container"].iter().all(|label| {
+                    let expected = want.iter().find(|(l, _)| l == label).map(|(_, v)| v);
+                    s.labels.get(*label) == expected
+                })
+            })
+            .filter(|s| {
+                name != "tracer_thread_cpu_seconds_total"
+                    || s.labels.get("thread").map(String::as_str) == Some("worker-main-loop")
+            })
+            .map(|s| s.value)
+            .collect()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    let samples = loop {
+        std::thread::sleep(POLL);
+        let samples = daemon.samples();
+        let all_there = services.iter().all(|(place, _, _)| {
+            series_of(&samples, "tracer_thread_cpu_seconds_total", place).len() == 1
+        });
+        if all_there || Instant::now() > deadline {
+            break samples;
+        }
+    };
+    for (place, child, tid) in &services {
+        let cpu = series_of(&samples, "tracer_thread_cpu_seconds_total", place);
+        let want = cpu_of(*tid);
+        assert!(
+            cpu.len() == 1 && (cpu[0] - want).abs() <= 0.002f64.max(want * 0.05),
+            "{place}: worker-main-loop series {cpu:?} s, the kernel counts {want} s"
+        );
+        let threads = series_of(&samples, "tracer_threads", place);
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .count() as f64;
+        assert_eq!(threads, [tasks], "{place}: tracer_threads");
+    }
+    for (_, child, _) in services {
+        stop_service(child);
+    }
+}
+
+/// Serves `body` as `/metrics` on a port of its own until the test ends: a stand-in for
+/// kube-state-metrics.
+fn serve_text(body: String) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// A Prometheus scraping tracer and kube-state-metrics (a stand-in serving
+/// `kube_pod_container_info` for the workload's pod and another) with the deployment's
+/// recording rules: the workload's thread series get their pod, namespace and container
+/// name, and no other pod's.
+#[test]
+fn pods_and_namespaces_join_from_kube_state_metrics() {
+    let test = "pods_and_namespaces_join_from_kube_state_metrics";
+    if !can_trace(test) || !have_program(test, Path::new(PROMETHEUS), "prometheus") {
+        return;
+    }
+    let Some(cgroups) = Cgroups::new(test) else {
+        return;
+    };
+    let container_cgroup = cgroups.make(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/\
+         kubepods-besteffort-pod0d6f1c3e_5b2a_4e8f_9c71_2a4b6d8e0f13.slice/\
+         cri-containerd-{CONTAINER_ID}.scope"
+    ));
+    let dir = scratch();
+    let port = free_port();
+    let config = dir.path().join("tracer.toml");
+    std::fs::write(&config, "labels = [\"container\"]\n").unwrap();
+    let _daemon = start_daemon(dir.path(), port, &["--config", config.to_str().unwrap()]);
+    let home = dir.path().join("service");
+    std::fs::create_dir(&home).unwrap();
+    let (child, _) = start_service(&home, Some(&container_cgroup));
+    let ksm = serve_text(format!(
+        "# TYPE kube_pod_container_info gauge\n\
+         kube_pod_container_info{{namespace=\"shop\",pod=\"orders-7d4f9b-x2k8q\",uid=\"0d6f1c3e\",\
+         container=\"orders\",image=\"registry.example/orders:1.4\",\
+         container_id=\"containerd://{CONTAINER_ID}\"}} 1\n\
+         kube_pod_container_info{{namespace=\"kube-system\",pod=\"coredns-5d78c9869d-abcde\",\
+         uid=\"77aa\",container=\"coredns\",image=\"coredns:1.11\",\
+         container_id=\"containerd://{OTHER_ID}\"}} 1\n"
+    ));
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/prometheus/rules.yml");
+    let (_prometheus, prometheus) = start_prometheus_with(
+        dir.path(),
+        &format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files: ['{}']\n\
+             scrape_configs:\n\
+             \x20 - job_name: tracer\n    static_configs:\n      - targets: ['{}']\n\
+             \x20 - job_name: kube-state-metrics\n    honor_labels: true\n    static_configs:\n      - targets: ['{ksm}']\n",
+            rules.display(),
+            localhost(port),
+        ),
+    );
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .count() as f64;
+    // The pod's threads: one series per thread name, with the pod's labels.
+    let by_pod = "namespace_pod:tracer_threads:sum";
+    let deadline = Instant::now() + PATIENCE;
+    let rows = loop {
+        std::thread::sleep(POLL);
+        let rows = query(prometheus, by_pod).unwrap_or_default();
+        if !rows.is_empty() || Instant::now() > deadline {
+            break rows;
+        }
+    };
+    let got: BTreeMap<String, f64> = rows
+        .iter()
+        .map(|r| {
+            let m = &r["metric"];
+            (
+                format!(
+                    "{}/{}/{}",
+                    m["namespace"].as_str().unwrap_or("?"),
+                    m["pod"].as_str().unwrap_or("?"),
+                    m["container_name"].as_str().unwrap_or("?")
+                ),
+                r["value"][1].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        BTreeMap::from([("shop/orders-7d4f9b-x2k8q/orders".to_owned(), tasks)]),
+        "{by_pod}"
+    );
+    let cpu = "namespace_pod_thread:tracer_thread_cpu_seconds:rate5m";
+    let deadline = Instant::now() + PATIENCE;
+    let rows = loop {
+        std::thread::sleep(POLL);
+        let rows =
+            query(prometheus, &format!("{cpu}{{thread=\"worker-main-loop\"}}")).unwrap_or_default();
+        if !rows.is_empty() || Instant::now() > deadline {
+            break rows;
+        }
+    };
+    assert_eq!(rows.len(), 1, "{cpu}: {rows:?}");
+    let m = &rows[0]["metric"];
+    assert_eq!(
+        (
+            m["namespace"].as_str(),
+            m["pod"].as_str(),
+            m["process"].as_str()
+        ),
+        (
+            Some("shop"),
+            Some("orders-7d4f9b-x2k8q"),
+            Some("orders_service")
+        ),
+        "{cpu}: {m}"
+    );
+    stop_service(child);
+}
