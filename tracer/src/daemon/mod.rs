@@ -94,15 +94,24 @@ async fn serve(args: Args, config: Config) -> Result<()> {
     let ring = probes.take_events()?;
     probes.attach()?;
     let mut state = State::default();
+    // Threads that exist at the attach are found once, here; later ones by their creation.
+    let started = std::time::Instant::now();
+    let mut processes = 0;
     for (tid, tgid, comm) in procfs::all_threads() {
         if tid == tgid {
             let name = process_name(&compiled, tgid, &comm);
             state.add_thread(tid, tgid, comm);
             state.process_names.insert(tgid, name);
+            processes += 1;
         } else {
             state.add_thread(tid, tgid, comm);
         }
     }
+    eprintln!(
+        "tracer: {} threads of {processes} processes found in /proc in {:.1} ms",
+        state.threads.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::io(format!("listening on {}", config.listen), e))?;
