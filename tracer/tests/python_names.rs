@@ -450,3 +450,34 @@ fn gil_waits_of_cpu_bound_and_io_bound_threads_on_every_version() {
         );
     }
 }
+
+/// A thread renamed 50 ms before it ends is reported under the name it ended with, on
+/// every version: 3.8 to 3.13 do not tell the kernel, and no periodic reading falls in
+/// between; its exit makes tracer read its `Thread` object, which the program still holds.
+#[test]
+fn a_rename_just_before_the_end_is_the_final_name_on_every_version() {
+    if !can_trace("a_rename_just_before_the_end_is_the_final_name_on_every_version") {
+        return;
+    }
+    let script = python_workload("names.py");
+    for (python, version) in pythons() {
+        let (summary, truth, _) = record_summary(&[&python, &script], &["late"]);
+        let threads = truth["threads"].as_array().unwrap();
+        let late = threads
+            .iter()
+            .find(|t| t["role"] == "renamed_late")
+            .unwrap_or_else(|| panic!("{version}: no renamed thread in {truth:#}"));
+        assert_eq!(late["python_name"], "renamed-50-ms-before-it-ended");
+        let got = thread(&summary, &late["tid"])
+            .unwrap_or_else(|| panic!("{version}: thread {} not captured", late["tid"]));
+        assert_eq!(
+            (&got["name"], &got["name_source"]),
+            (&late["python_name"], &Value::from("python")),
+            "Python {version}: {summary:#}"
+        );
+        assert!(
+            !got["exited_ns"].is_null(),
+            "Python {version}: exit not seen"
+        );
+    }
+}

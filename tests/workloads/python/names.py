@@ -24,6 +24,12 @@ truth file and ends them. The truth records each
 thread's final Python name in ``python_name``, its counters as read from
 ``/proc/self/task/TID`` at that point.
 
+``names.py late`` starts one thread, ``named-at-start``, which runs under that
+name for ``LATE_RENAME_AFTER`` seconds, renames itself
+``renamed-50-ms-before-it-ended``, and ends ``LATE_END_AFTER`` seconds later,
+its record (role ``renamed_late``) read by itself as its last action; the main
+thread joins it and writes the truth file ``LATE_HOLD`` seconds later.
+
 ``names.py churn`` keeps starting short-lived threads with long names until
 it ends the process abruptly (``os._exit``) while threads are still being
 created: a process that goes away while it is being read. No truth file.
@@ -46,6 +52,11 @@ UNICODE_NAMES = ["café-crème", "名前-スレッド-ünïcödé", "émoji-🧵
 BEFORE_RENAME = "before-rename"
 AFTER_RENAME = "after-rename-at-run-time"
 POOL_WORKERS = 2
+LATE_FIRST_NAME = "named-at-start"
+LATE_FINAL_NAME = "renamed-50-ms-before-it-ended"
+LATE_RENAME_AFTER = 0.3
+LATE_END_AFTER = 0.05
+LATE_HOLD = 0.3
 
 
 class Seen:
@@ -158,6 +169,38 @@ def run_all():
     os._exit(0)
 
 
+def late():
+    """A thread renamed shortly before it ends, joined by the main thread."""
+    baseline = truth.gate()
+    main_tid = threading.get_native_id()
+    main_comm = truth.read_comm()
+    records = []
+
+    def body():
+        comm_at_start = truth.read_comm()
+        renames = truth.spawn_renames(main_comm, comm_at_start)
+        time.sleep(LATE_RENAME_AFTER)
+        threading.current_thread().name = LATE_FINAL_NAME
+        time.sleep(LATE_END_AFTER)
+        comm = truth.read_comm()
+        if comm != comm_at_start:
+            # Python 3.14 names the kernel thread when the thread renames itself.
+            renames.append({"from": comm_at_start, "to": comm})
+        record = truth.current_thread_record("renamed_late", main_tid, renames)
+        record["python_name"] = threading.current_thread().name
+        records.append(record)
+
+    thread = threading.Thread(target=body, name=LATE_FIRST_NAME)
+    thread.start()
+    thread.join()
+    # The program goes on after the thread: what it was last called is read meanwhile.
+    time.sleep(LATE_HOLD)
+    main = truth.current_thread_record("main", None, [])
+    main["baseline"] = baseline
+    main["python_name"] = threading.current_thread().name
+    truth.write("names-late", [main] + records)
+
+
 def churn():
     """Starts threads until the process ends itself in the middle of it."""
     end = time.monotonic() + 0.3
@@ -174,10 +217,12 @@ def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else "all"
     if mode == "all":
         run_all()
+    elif mode == "late":
+        late()
     elif mode == "churn":
         churn()
     else:
-        sys.stderr.write("usage: names.py [all|churn]\n")
+        sys.stderr.write("usage: names.py [all|late|churn]\n")
         sys.exit(2)
 
 

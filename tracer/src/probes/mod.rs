@@ -144,9 +144,17 @@ impl Probes {
         let now = monotonic_ns();
         let mut threads: HashMap<_, u32, ThreadStats> = self.map_mut(names::THREADS)?;
         for &tid in tids {
-            // A thread already seen (by a new-task event) keeps its state.
+            // A thread already seen (by a new-task event) keeps its state. One asleep now
+            // starts blocked: were its wakeup not reported (the kernel, rarely, reports
+            // none), its first switch in would otherwise count the time since now as a
+            // run-queue wait.
             if threads.get(&tid, 0).is_err() {
-                let mut stats = ThreadStats::new(tgid, state::UNKNOWN, now);
+                let known = if crate::kernel::procfs::thread_is_runnable(tgid, tid) {
+                    state::UNKNOWN
+                } else {
+                    state::BLOCKED
+                };
+                let mut stats = ThreadStats::new(tgid, known, now);
                 stats.flags = flags;
                 threads.insert(tid, stats, 0).map_err(|e| {
                     Error::Load(format!("tracking thread {tid}: {}", error_chain(&e)))

@@ -68,9 +68,18 @@ impl fmt::Display for Version {
 /// `PyObject.ob_type`.
 pub const OB_TYPE: u64 = 8;
 /// `PyTypeObject` fields, the same in every supported version.
+pub const TP_NAME: u64 = 24;
 pub const TP_BASICSIZE: u64 = 32;
 pub const TP_FLAGS: u64 = 168;
 pub const TP_DICTOFFSET: u64 = 288;
+/// `PySetObject.used`, `mask`, `table`, and the size of a `setentry` (key, hash): the same
+/// in every supported version with a GIL.
+pub const SET_USED: u64 = 24;
+pub const SET_MASK: u64 = 32;
+pub const SET_TABLE: u64 = 40;
+pub const SET_ENTRY_SIZE: u64 = 16;
+/// `PyWeakReference.wr_object`.
+pub const WR_OBJECT: u64 = 16;
 /// `PyModuleObject.md_dict`.
 pub const MD_DICT: u64 = 16;
 /// `PyDictObject.ma_keys`, `ma_values`.

@@ -87,7 +87,13 @@ pub struct Interpreter {
     /// `threading._active` by interpreter, once found.
     active: HashMap<u64, u64>,
     gil: Option<Range<u64>>,
+    /// In a PID namespace, the host id of each thread id seen in one, kept after the
+    /// thread is gone: a thread that ended is still named by its `Thread` object.
+    namespace_ids: HashMap<u32, u32>,
 }
+
+/// The most thread ids of a PID namespace remembered.
+const MAX_NAMESPACE_IDS: usize = 1 << 16;
 
 /// A file the process has mapped that may hold `_PyRuntime`.
 struct Candidate {
@@ -209,6 +215,7 @@ impl Interpreter {
                 types: HashMap::new(),
                 active: HashMap::new(),
                 gil: None,
+                namespace_ids: HashMap::new(),
             };
             interpreter.gil = interpreter.read_gil().ok().flatten();
             return Ok(Some(interpreter));
@@ -305,6 +312,10 @@ impl Interpreter {
         let head = memory.ptr(at(self.runtime, layout.runtime_interpreters_head)?)?;
         let interpreters = walk(&memory, head, layout.interp_next, MAX_INTERPRETERS)?;
         let tasks = task_ids(self.pid);
+        if self.namespace_ids.len() + tasks.from_namespace.len() > MAX_NAMESPACE_IDS {
+            self.namespace_ids.clear();
+        }
+        self.namespace_ids.extend(&tasks.from_namespace);
         let mut reader = Reader::new(&memory, &layout, &mut self.types);
         for interp in interpreters {
             let idents = thread_states(&memory, &layout, interp, &tasks, &mut snapshot)?;
@@ -324,6 +335,68 @@ impl Interpreter {
         }
         Ok(snapshot)
     }
+}
+
+impl Interpreter {
+    /// The names of threads of `exited` (that ended since they were last read) as their
+    /// `threading.Thread` objects have them now: the name a thread had when it ended, also
+    /// when it was renamed after the last reading. A `Thread` stays in `threading._dangling`
+    /// (a `WeakSet` of every `Thread` made) as long as the program keeps a reference to it,
+    /// as a program that joins its threads does.
+    pub fn final_names(&mut self, exited: &HashSet<u32>) -> Result<HashMap<u32, String>> {
+        let mut names = HashMap::new();
+        if exited.is_empty() {
+            return Ok(names);
+        }
+        let layout = self.layout;
+        let memory = self.memory;
+        let head = memory.ptr(at(self.runtime, layout.runtime_interpreters_head)?)?;
+        let interpreters = walk(&memory, head, layout.interp_next, MAX_INTERPRETERS)?;
+        let mut tasks = task_ids(self.pid);
+        if !tasks.from_namespace.is_empty() {
+            for (&own, &host) in &self.namespace_ids {
+                tasks.from_namespace.entry(own).or_insert(host);
+            }
+        }
+        let mut reader = Reader::new(&memory, &layout, &mut self.types);
+        for interp in interpreters {
+            let Some(dangling) = threading_global(&mut reader, interp, "_dangling")? else {
+                continue;
+            };
+            let [Some(data)] = reader.attributes(dangling, ["data"])? else {
+                continue;
+            };
+            for item in reader.set_items(data)? {
+                let Ok(Some(thread)) = reader.weakref_target(item) else {
+                    continue;
+                };
+                if let Ok(Some((tid, name))) =
+                    thread_name(&mut reader, 0, thread, &HashMap::new(), &tasks)
+                    && exited.contains(&tid)
+                {
+                    names.insert(tid, name);
+                }
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// The global `name` of the `threading` module of `interp`, if it is imported there.
+fn threading_global<M: Memory>(
+    reader: &mut Reader<'_, M>,
+    interp: u64,
+    name: &str,
+) -> Result<Option<u64>> {
+    let modules = reader.mem.ptr(at(interp, reader.layout.interp_modules)?)?;
+    if modules == 0 {
+        return Ok(None);
+    }
+    let Some(threading) = reader.dict_get(modules, "threading")? else {
+        return Ok(None);
+    };
+    let globals = reader.mem.ptr(at(threading, layout::MD_DICT)?)?;
+    reader.dict_get(globals, name)
 }
 
 /// Notes the kernel thread of each thread state of `interp`; returns them by
@@ -384,15 +457,7 @@ fn active_dict<M: Memory>(
         }
         cache.remove(&interp);
     }
-    let modules = reader.mem.ptr(at(interp, reader.layout.interp_modules)?)?;
-    if modules == 0 {
-        return Ok(None);
-    }
-    let Some(threading) = reader.dict_get(modules, "threading")? else {
-        return Ok(None);
-    };
-    let globals = reader.mem.ptr(at(threading, layout::MD_DICT)?)?;
-    let Some(active) = reader.dict_get(globals, "_active")? else {
+    let Some(active) = threading_global(reader, interp, "_active")? else {
         return Ok(None);
     };
     if !reader.is_dict(active)? {

@@ -10,6 +10,9 @@ use super::{
     memory::{Memory, at, before},
 };
 
+/// How much of a type's name is read to compare it.
+const TYPE_NAME_PREFIX: usize = 32;
+
 /// The most entries read from one dict.
 pub const MAX_DICT_ENTRIES: u64 = 1 << 20;
 /// The longest string decoded, in code points; longer ones are refused, not cut.
@@ -34,7 +37,12 @@ pub struct Reader<'a, M: Memory> {
     strings: HashMap<u64, String>,
     /// The keys of split tables already read (every instance of a class shares them).
     split_keys: HashMap<u64, Vec<u64>>,
+    /// The start of `tp_name` of the types looked at by name.
+    type_names: HashMap<u64, Vec<u8>>,
 }
+
+/// The most entries read from one set.
+pub const MAX_SET_ENTRIES: u64 = 1 << 20;
 
 fn invalid(what: String) -> Error {
     Error::Invalid(what)
@@ -105,6 +113,7 @@ impl<'a, M: Memory> Reader<'a, M> {
             types,
             strings: HashMap::new(),
             split_keys: HashMap::new(),
+            type_names: HashMap::new(),
         }
     }
 
@@ -438,6 +447,80 @@ impl<'a, M: Memory> Reader<'a, M> {
             return Err(invalid(format!("type {ty:#x} has no cached keys")));
         }
         Ok(keys)
+    }
+
+    /// Whether the type of `obj` has one of `names` as its `tp_name`.
+    fn type_named(&mut self, obj: u64, names: &[&str]) -> Result<bool> {
+        let ty = self.mem.ptr(at(obj, layout::OB_TYPE)?)?;
+        if !self.type_names.contains_key(&ty) {
+            let name = self.mem.ptr(at(ty, layout::TP_NAME)?)?;
+            let mut bytes = self.mem.bytes(name, TYPE_NAME_PREFIX)?;
+            if let Some(end) = bytes.iter().position(|&b| b == 0) {
+                bytes.truncate(end);
+            }
+            if self.type_names.len() < 4096 {
+                self.type_names.insert(ty, bytes.clone());
+            }
+            return Ok(names.iter().any(|n| n.as_bytes() == bytes));
+        }
+        Ok(names.iter().any(|n| n.as_bytes() == self.type_names[&ty]))
+    }
+
+    /// The items of a `set` object: the keys in its hash table, less the dummies of
+    /// deleted entries.
+    pub fn set_items(&mut self, set: u64) -> Result<Vec<u64>> {
+        if !self.type_named(set, &["set"])? {
+            return Err(invalid(format!("{set:#x} is not a set")));
+        }
+        let header = self.mem.bytes(set, (layout::SET_TABLE + 8) as usize)?;
+        let (used, mask) = (
+            word(&header, layout::SET_USED),
+            word(&header, layout::SET_MASK),
+        );
+        let size = mask.wrapping_add(1);
+        if !size.is_power_of_two() || size > MAX_SET_ENTRIES || used > size {
+            return Err(invalid(format!(
+                "set {set:#x}: {used} used of {size} entries"
+            )));
+        }
+        let table = word(&header, layout::SET_TABLE);
+        let mut keys = Vec::with_capacity(used as usize);
+        for start in (0..size).step_by(CHUNK as usize) {
+            let n = CHUNK.min(size - start);
+            let bytes = self.mem.bytes(
+                at(table, start * layout::SET_ENTRY_SIZE)?,
+                (n * layout::SET_ENTRY_SIZE) as usize,
+            )?;
+            keys.extend(
+                bytes
+                    .chunks_exact(layout::SET_ENTRY_SIZE as usize)
+                    .map(|entry| word(entry, 0))
+                    .filter(|&key| key != 0),
+            );
+        }
+        // A deleted entry's key is the set dummy, of a type of its own.
+        let mut items = Vec::with_capacity(keys.len());
+        for key in keys {
+            if !self.type_named(key, &["<dummy key> type"]).unwrap_or(true) {
+                items.push(key);
+            }
+        }
+        Ok(items)
+    }
+
+    /// The object a `weakref.ref` refers to; None when it is dead (or `obj` is no weak
+    /// reference).
+    pub fn weakref_target(&mut self, obj: u64) -> Result<Option<u64>> {
+        // `weakref` up to 3.8, `weakref.ReferenceType` from 3.9.
+        if !self.type_named(obj, &["weakref", "weakref.ReferenceType"])? {
+            return Ok(None);
+        }
+        let target = self.mem.ptr(at(obj, layout::WR_OBJECT)?)?;
+        // A dead reference points at `None`, whose type is `NoneType`.
+        if target == 0 || self.type_named(target, &["NoneType"])? {
+            return Ok(None);
+        }
+        Ok(Some(target))
     }
 
     /// The values of the named attributes of an instance, in the order of `names`.

@@ -42,6 +42,7 @@ const ASKED_SHARE: u32 = 4;
 enum Message {
     Created(u32),
     Renamed,
+    Exited(u32),
     Finish,
 }
 
@@ -89,6 +90,12 @@ impl Watcher {
         let _ = self.sender.send(Message::Renamed);
     }
 
+    /// Thread `tid` of the process (not its main thread) exited: its final name is read
+    /// from its `Thread` object.
+    pub fn thread_exited(&self, tid: u32) {
+        let _ = self.sender.send(Message::Exited(tid));
+    }
+
     /// Reads the process one last time (if it is still there) and returns what was found.
     pub fn finish(mut self) -> Outcome {
         let _ = self.sender.send(Message::Finish);
@@ -107,6 +114,8 @@ struct Worker {
     outcome: Outcome,
     /// Threads created and not named yet, with the readings tried since.
     pending: HashMap<u32, usize>,
+    /// Threads that exited since the last reading, whose final names it reads.
+    exited: HashSet<u32>,
     /// The interpreter is one tracer cannot read (its version): no more tries.
     unsupported: bool,
     /// How long the last reading took.
@@ -121,6 +130,7 @@ impl Worker {
             not_python: HashSet::new(),
             outcome: Outcome::default(),
             pending: HashMap::new(),
+            exited: HashSet::new(),
             unsupported: false,
             cost: Duration::ZERO,
         }
@@ -141,11 +151,18 @@ impl Worker {
                     // A reused thread id is a new thread: the old name is not its name.
                     self.outcome.names.remove(&tid);
                     self.outcome.python_tids.remove(&tid);
+                    self.exited.remove(&tid);
                     self.pending.insert(tid, 0);
                     due = Some(soonest(due, Instant::now() + self.after(SETTLE)));
                 }
                 Ok(Message::Renamed) => {
                     due = Some(soonest(due, Instant::now() + self.after(SETTLE)));
+                }
+                Ok(Message::Exited(tid)) => {
+                    if self.interpreter.is_some() {
+                        self.exited.insert(tid);
+                        due = Some(soonest(due, Instant::now() + self.after(SETTLE)));
+                    }
                 }
                 Ok(Message::Finish) | Err(RecvTimeoutError::Disconnected) => {
                     set_idle_priority(false);
@@ -233,7 +250,15 @@ impl Worker {
             Err(e) => {
                 // Found again at the next reading: the process may have run `exec`.
                 self.interpreter = None;
-                self.failed(&e);
+                self.exited.clear();
+                return self.failed(&e);
+            }
+        }
+        if !self.exited.is_empty() {
+            let exited = std::mem::take(&mut self.exited);
+            match interpreter.final_names(&exited) {
+                Ok(names) => self.outcome.names.extend(names),
+                Err(e) => self.failed(&e),
             }
         }
     }
@@ -287,6 +312,9 @@ impl Tracker {
             Event::ThreadCreated(e) if e.tgid == self.pid => self.watcher.thread_created(e.tid),
             Event::ThreadRenamed(e) if e.tgid == self.pid || e.tgid == 0 => {
                 self.watcher.thread_renamed()
+            }
+            Event::ThreadExited(e) if e.tgid == self.pid && e.tid != e.tgid => {
+                self.watcher.thread_exited(e.tid)
             }
             Event::FutexWait(e) if e.tgid == self.pid => self.observe_futex(e),
             _ => {}
