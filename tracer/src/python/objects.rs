@@ -454,7 +454,10 @@ impl<'a, M: Memory> Reader<'a, M> {
         let ty = self.mem.ptr(at(obj, layout::OB_TYPE)?)?;
         if !self.type_names.contains_key(&ty) {
             let name = self.mem.ptr(at(ty, layout::TP_NAME)?)?;
-            let mut bytes = self.mem.bytes(name, TYPE_NAME_PREFIX)?;
+            // Not past its page: the name may end just before unmapped memory. A name that
+            // cannot be read is no name looked for.
+            let len = TYPE_NAME_PREFIX.min(4096 - (name % 4096) as usize);
+            let mut bytes = self.mem.bytes(name, len).unwrap_or_default();
             if let Some(end) = bytes.iter().position(|&b| b == 0) {
                 bytes.truncate(end);
             }

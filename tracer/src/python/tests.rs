@@ -610,3 +610,73 @@ sys.stdin.readline()
         assert!(Interpreter::attach(std::process::id()).unwrap().is_none());
     }
 }
+
+impl Heap {
+    /// A type object whose `tp_name` is `name`.
+    fn named_type(&mut self, name: &str) -> u64 {
+        // Real memory is mapped by whole pages: the name's page goes on after it.
+        let mut text = name.as_bytes().to_vec();
+        text.resize(text.len().max(64), 0);
+        let name = self.alloc(0, text);
+        let mut t = vec![0u8; (layout::TP_DICTOFFSET + 8) as usize];
+        put(&mut t, layout::TP_NAME, name);
+        self.alloc(0, t)
+    }
+
+    /// An object of type `ty` whose words after the header are `words`.
+    fn object(&mut self, ty: u64, words: &[u64]) -> u64 {
+        let mut b = vec![0u8; 16 + 8 * words.len()];
+        put(&mut b, layout::OB_TYPE, ty);
+        for (i, &w) in words.iter().enumerate() {
+            put(&mut b, 16 + 8 * i as u64, w);
+        }
+        self.alloc(0, b)
+    }
+
+    /// A `set` whose hash table of `size` entries holds `keys` (and empty slots after).
+    fn set(&mut self, keys: &[u64], size: u64) -> u64 {
+        let mut table = vec![0u8; (size * layout::SET_ENTRY_SIZE) as usize];
+        for (i, &key) in keys.iter().enumerate() {
+            put(&mut table, i as u64 * layout::SET_ENTRY_SIZE, key);
+        }
+        let table = self.alloc(0, table);
+        let set_type = self.named_type("set");
+        // fill, used, mask, table
+        let used = keys.len() as u64;
+        self.object(set_type, &[used, used, size - 1, table])
+    }
+}
+
+#[test]
+fn weak_sets_give_their_live_referents_only() {
+    for layout in layouts() {
+        let mut heap = Heap::new(layout);
+        let weakref = heap.named_type("weakref.ReferenceType");
+        let none_type = heap.named_type("NoneType");
+        let none = heap.object(none_type, &[]);
+        let dummy_type = heap.named_type("<dummy key> type");
+        let dummy = heap.object(dummy_type, &[]);
+        let thread = heap.str("a Thread stands in here");
+        let live = heap.object(weakref, &[thread]);
+        let dead = heap.object(weakref, &[none]);
+        let set = heap.set(&[live, dummy, dead], 8);
+        let not_a_set = heap.object(weakref, &[set]);
+        let mut types = HashMap::new();
+        let mut reader = Reader::new(&heap.mem, &layout, &mut types);
+        let items = reader.set_items(set).unwrap();
+        assert_eq!(items, [live, dead], "{:?}", layout.version);
+        let targets: Vec<Option<u64>> = items
+            .iter()
+            .map(|&i| reader.weakref_target(i).unwrap())
+            .collect();
+        assert_eq!(targets, [Some(thread), None]);
+        // Not a weak reference: no target; not a set, or a table out of bounds: an error.
+        assert_eq!(reader.weakref_target(thread).unwrap(), None);
+        assert!(reader.set_items(not_a_set).is_err());
+        let set_type = heap.named_type("set");
+        let huge = heap.object(set_type, &[1, 1, (1 << 40) - 1, 0x1000]);
+        let mut types = HashMap::new();
+        let mut reader = Reader::new(&heap.mem, &layout, &mut types);
+        assert!(reader.set_items(huge).is_err());
+    }
+}
