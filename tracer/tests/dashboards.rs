@@ -16,11 +16,13 @@ use support::{services::*, *};
 
 /// What the template variables stand for when a query is evaluated: the processes the
 /// workloads run as, every thread and host, and the step Grafana would pick.
-const SUBSTITUTIONS: [(&str, &str); 7] = [
+const SUBSTITUTIONS: [(&str, &str); 9] = [
     ("$__rate_interval", "15s"),
     ("$__interval", "15s"),
     ("$__range", "1m"),
     ("$instance", ".*"),
+    ("$unit", ".*"),
+    ("$container", ".*"),
     ("$process", "thread-workload|lock_counter|io_vs_cpu"),
     ("$thread", ".*"),
     ("$datasource", "prometheus"),
