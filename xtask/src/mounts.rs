@@ -25,7 +25,7 @@ pub fn check(workspace: &Path) -> Result<()> {
         }
     }
     bail!(
-        "mounts were left under the workspace after the tests: {}",
+        "mounts were left under the workspace: {}",
         problems.join(", ")
     )
 }
