@@ -208,15 +208,17 @@ mod tests {
             // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
             assert_eq!(unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) }, 0);
             // SAFETY: no preconditions.
-            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let tid = unsafe { libc::gettid() } as u32;
+            // Its own stat, read while it runs.
+            tx.send((tid, thread_is_runnable(pid, tid))).unwrap();
             done_rx.recv().unwrap();
         });
-        let tid = rx.recv().unwrap();
+        let (tid, runnable) = rx.recv().unwrap();
+        assert!(runnable, "a thread reading its own stat is running");
         assert_eq!(thread_comm(pid, tid).as_deref(), Some("名前-\u{fffd}"));
         assert_eq!(thread_group_of(tid).unwrap(), pid);
         let status = read_text(process_dir(pid).join(format!("task/{tid}/status"))).unwrap();
         assert!(status.starts_with("Name:\t名前-\u{fffd}\n"), "{status}");
-        assert!(!thread_is_runnable(pid, tid), "it waits on a channel");
         done_tx.send(()).unwrap();
         handle.join().unwrap();
     }
