@@ -15,8 +15,148 @@ use std::{
 use serde_json::Value;
 use support::*;
 
-/// Every CPython 3.8 or later here: `TRACER_PYTHON` (else Debian's), then pyenv's.
-fn pythons() -> Vec<(PathBuf, String)> {
+/// A CPython the workloads run on: one of the host's, or one in a root file system of its own.
+struct Python {
+    /// The interpreter, as its own process sees it.
+    executable: PathBuf,
+    /// Its version, `3.14.10`.
+    version: String,
+    /// The root it runs in (through `chroot`); `None` for the host's.
+    root: Option<PathBuf>,
+}
+
+/// How a workload is started: the command before the script, and what it does.
+struct Launch {
+    command: Command,
+    /// The command forks the interpreter (else it execs it in place).
+    forks: bool,
+    /// The kernel names the process had before it became the interpreter, when it is
+    /// started by `record -- CMD`: tracer's, then those of any launcher that exec'd it.
+    execs: Vec<&'static str>,
+}
+
+/// The files of one run: in a scratch directory with the Python workloads copied in, seen
+/// by the workload at `inside` (within its root).
+struct Files {
+    dir: tempfile::TempDir,
+    inside: PathBuf,
+}
+
+impl Files {
+    /// `name` in the directory, as the tests see it.
+    fn host(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `name` in the directory, as the workload sees it.
+    fn seen(&self, name: &str) -> PathBuf {
+        self.inside.join(name)
+    }
+}
+
+impl Python {
+    /// A host's interpreter.
+    fn host(executable: PathBuf, version: String) -> Self {
+        Self {
+            executable,
+            version,
+            root: None,
+        }
+    }
+
+    /// How tests name it.
+    fn label(&self) -> String {
+        match &self.root {
+            None => format!("Python {}", self.version),
+            Some(root) => format!("Python {} in {}", self.version, root.display()),
+        }
+    }
+
+    /// A scratch directory for one run (inside the root for a Python in a root of its own),
+    /// with the Python workloads in it.
+    fn files(&self) -> Files {
+        let (dir, inside) = match &self.root {
+            None => {
+                let dir = scratch();
+                let inside = dir.path().to_owned();
+                (dir, inside)
+            }
+            Some(root) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("tracer-test-")
+                    .tempdir_in(root.join("tmp"))
+                    .expect("temp dir in the root");
+                let inside = Path::new("/tmp").join(dir.path().file_name().unwrap());
+                (dir, inside)
+            }
+        };
+        let workloads = python_workload("");
+        for entry in std::fs::read_dir(&workloads).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "py") {
+                std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        Files { dir, inside }
+    }
+
+    /// The command that runs the interpreter (its arguments to be added), in a PID namespace
+    /// of its own with `pid_namespace`. A Python in a root of its own runs there through
+    /// `unshare --root` in a mount namespace of its own, with a `/proc` mounted in that
+    /// namespace only: the kernel drops the mount when the workload ends, however it ends.
+    fn launch(&self, pid_namespace: bool) -> Launch {
+        let mut prefix: Vec<String> = Vec::new();
+        if pid_namespace {
+            // `--kill-child`: the interpreter, the namespace's init, dies with the launcher.
+            prefix.extend(["--pid", "--fork", "--kill-child"].map(String::from));
+        }
+        if let Some(root) = &self.root {
+            prefix.extend(["--mount", "--propagation", "private"].map(String::from));
+            prefix.push(format!("--root={}", root.display()));
+        }
+        if prefix.is_empty() {
+            return Launch {
+                command: Command::new(&self.executable),
+                forks: false,
+                execs: vec!["tracer"],
+            };
+        }
+        // Its own /proc: the workloads read their counters there, and in a PID namespace it
+        // must be the namespace's.
+        prefix.push("--mount-proc".into());
+        let mut command = Command::new("unshare");
+        command.args(&prefix).arg(&self.executable);
+        Launch {
+            command,
+            forks: pid_namespace,
+            execs: if pid_namespace {
+                vec![]
+            } else {
+                vec!["tracer", "unshare"]
+            },
+        }
+    }
+
+    /// The version of the interpreter, when it is CPython 3.8 or later.
+    fn version_of(launch: Launch) -> Option<String> {
+        let mut command = launch.command;
+        let out = command
+            .args([
+                "-c",
+                "import sys; v = sys.version_info; print('%d.%d.%d' % v[:3]); \
+                 sys.exit(v < (3, 8))",
+            ])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+/// Every CPython 3.8 or later here: `TRACER_PYTHON` (else Debian's), then pyenv's, then those
+/// of the Debian sid root (`sid_pythons`).
+fn pythons() -> Vec<Python> {
     let mut candidates = vec![python()];
     let root = std::env::var_os("PYENV_ROOT").map_or_else(|| "/root/.pyenv".into(), PathBuf::from);
     if let Ok(dir) = std::fs::read_dir(root.join("versions")) {
@@ -27,34 +167,60 @@ fn pythons() -> Vec<(PathBuf, String)> {
         found.sort();
         candidates.extend(found);
     }
-    let found: Vec<(PathBuf, String)> = candidates
+    let mut found: Vec<Python> = candidates
         .into_iter()
         .filter_map(|p| {
-            let out = Command::new(&p)
-                .args([
-                    "-c",
-                    "import sys; v = sys.version_info; print('%d.%d.%d' % v[:3]); \
-                     sys.exit(v < (3, 8))",
-                ])
-                .output()
-                .ok()?;
-            out.status
-                .success()
-                .then(|| (p, String::from_utf8_lossy(&out.stdout).trim().to_owned()))
+            let version = Python::version_of(Python::host(p.clone(), String::new()).launch(false))?;
+            Some(Python::host(p, version))
         })
         .collect();
     assert!(
         !found.is_empty() || std::env::var_os("CI").is_none(),
         "no CPython 3.8 or later found"
     );
+    found.extend(sid_pythons());
     eprintln!(
         "Pythons: {}",
         found
             .iter()
-            .map(|(p, v)| format!("{} ({v})", p.display()))
+            .map(|p| format!("{} ({})", p.executable.display(), p.label()))
             .collect::<Vec<_>>()
             .join(", ")
     );
+    found
+}
+
+/// Debian sid's `python3.14` and `python3.15`, in the root file system `TRACER_SID_ROOT`
+/// (`cargo xtask test` makes it in `target/sid-root`). Under `CI=true` a missing root or
+/// interpreter fails the test; elsewhere it is skipped, saying why.
+fn sid_pythons() -> Vec<Python> {
+    let missing = |why: String| {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the Pythons of the Debian sid root must be tested under CI, but {why} \
+             (`cargo xtask test` makes the root and sets TRACER_SID_ROOT)"
+        );
+        eprintln!(
+            "skipped the Pythons of the Debian sid root: {why} (`cargo xtask test` makes it)"
+        );
+        Vec::new()
+    };
+    let Some(root) = std::env::var_os("TRACER_SID_ROOT").map(PathBuf::from) else {
+        return missing("TRACER_SID_ROOT is not set".into());
+    };
+    let mut found = Vec::new();
+    for executable in ["/usr/bin/python3.14", "/usr/bin/python3.15"] {
+        let mut python = Python {
+            executable: executable.into(),
+            version: String::new(),
+            root: Some(root.clone()),
+        };
+        let Some(version) = Python::version_of(python.launch(false)) else {
+            return missing(format!("{executable} does not run in {}", root.display()));
+        };
+        python.version = version;
+        found.push(python);
+    }
     found
 }
 
@@ -81,8 +247,9 @@ fn renames(v: &Value) -> Vec<(String, String)> {
 
 /// Holds the capture of `names.py` against its truth: each thread is named by its Python
 /// name, or by its kernel name when it has none; its GIL wait is known; its kernel names
-/// are the truth's. `launched`: the capture started the workload (`record -- CMD`).
-fn check_names(summary: &Value, truth: &Value, launched: bool, who: &str) {
+/// are the truth's. `execs`: the kernel names the main thread had before the workload's,
+/// when the capture started it (`record -- CMD`; see [`Launch`]).
+fn check_names(summary: &Value, truth: &Value, execs: &[&str], who: &str) {
     let mut problems = Vec::new();
     let threads = truth["threads"].as_array().unwrap();
     assert_eq!(threads.len(), 10, "{who}: {truth:#}");
@@ -102,9 +269,12 @@ fn check_names(summary: &Value, truth: &Value, launched: bool, who: &str) {
             ));
         }
         let mut want_renames = renames(&want["renames"]);
-        if want["role"] == "main" && launched {
-            // `exec` renamed it from tracer's name.
-            want_renames.insert(0, ("tracer".into(), want["comm"].as_str().unwrap().into()));
+        if want["role"] == "main" {
+            // Each `exec` renamed it, from tracer's name on.
+            let comm = want["comm"].as_str().unwrap();
+            let names: Vec<&str> = execs.iter().copied().chain([comm]).collect();
+            let execs = names.windows(2).map(|w| (w[0].into(), w[1].into()));
+            want_renames.splice(0..0, execs);
         }
         if got["comm"] != want["comm"] || renames(&got["renames"]) != want_renames {
             problems.push(format!(
@@ -126,56 +296,91 @@ fn check_names(summary: &Value, truth: &Value, launched: bool, who: &str) {
     );
 }
 
+/// `record --output capture.json -- CMD` of `script ARGS` run by `python` in the run's
+/// `files`, with `TRACER_TRUTH=truth.json` for the workload, failing when tracer fails.
+fn record_command_in(python: &Python, files: &Files, script: &str, args: &[&str]) {
+    let out = files.host("capture.json");
+    let launch = python.launch(false);
+    let mut command = Command::new(tracer());
+    command.arg("record").arg("--output").arg(&out).arg("--");
+    command.arg(launch.command.get_program());
+    command.args(launch.command.get_args());
+    let output = command
+        .arg(files.seen(script))
+        .args(args)
+        .env("TRACER_TRUTH", files.seen("truth.json"))
+        .output()
+        .expect("running tracer");
+    expect_success(
+        &format!("tracer record of {script} ({})", python.label()),
+        &output,
+    );
+}
+
+/// [`record_command_in`]: the JSON summary (also as the text written) and the workload's
+/// truth.
+fn record_run(
+    python: &Python,
+    files: &Files,
+    script: &str,
+    args: &[&str],
+) -> (Value, Value, String) {
+    record_command_in(python, files, script, args);
+    let text = std::fs::read_to_string(files.host("capture.json")).expect("reading the summary");
+    let summary = serde_json::from_str(&text).expect("parsing the summary");
+    (summary, read_json(&files.host("truth.json")), text)
+}
+
 #[test]
 fn python_thread_names_on_every_version() {
     if !can_trace("python_thread_names_on_every_version") {
         return;
     }
-    let script = python_workload("names.py");
-    for (python, version) in pythons() {
-        let (summary, truth, text) = record_summary(&[&python, &script], &[]);
-        check_names(&summary, &truth, true, &format!("Python {version}"));
+    for python in pythons() {
+        let files = python.files();
+        let (summary, truth, text) = record_run(&python, &files, "names.py", &[]);
+        check_names(
+            &summary,
+            &truth,
+            &python.launch(false).execs,
+            &python.label(),
+        );
         // The names are kept whole in the file, whatever their script.
         for name in ["名前-スレッド-ünïcödé", "émoji-🧵-thread", "café-crème"] {
-            assert!(text.contains(name), "{version}: {name} not in the summary");
+            assert!(
+                text.contains(name),
+                "{}: {name} not in the summary",
+                python.label()
+            );
         }
     }
 }
 
-/// Starts `names.py` gated and holding at the end, attaches `tracer` (run by `tracer`,
-/// e.g. with fewer privileges), lets the workload run, stops tracer with SIGINT while
-/// every thread is still there, and returns the summary, the truth and tracer's stderr.
-fn record_held(python: &Path, tracer: &mut Command, dir: &Path) -> (Value, Value, String) {
-    record_held_in(&[], python, tracer, dir)
-}
-
-/// [`record_held`] with the workload started by the command `prefix` (which runs the rest of
-/// its arguments as its only child, in a PID namespace of its own when it is `unshare --pid
-/// --fork`). The truth's thread ids, which are the namespace's, are turned into the host's.
-fn record_held_in(
-    prefix: &[&str],
-    python: &Path,
+/// Starts `names.py` on `python` (in a PID namespace of its own with `pid_namespace`), gated
+/// and holding at the end, attaches `tracer` (run by `tracer`, e.g. with fewer privileges),
+/// lets the workload run, stops tracer with SIGINT while every thread is still there, and
+/// returns the summary, the truth and tracer's stderr. The truth's thread ids, which are
+/// those of the workload's PID namespace, are turned into the host's.
+fn record_held(
+    python: &Python,
+    pid_namespace: bool,
     tracer: &mut Command,
-    dir: &Path,
+    files: &Files,
 ) -> (Value, Value, String) {
-    let (out, truth) = (dir.join("capture.json"), dir.join("truth.json"));
-    let mut command = match prefix.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(python);
-            c
-        }
-        None => Command::new(python),
-    };
-    let mut workload = command
-        .arg(python_workload("names.py"))
-        .env("TRACER_GATE", "1")
-        .env("TRACER_HOLD", "stdin")
-        .env("TRACER_TRUTH", &truth)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting names.py");
+    let out = files.host("capture.json");
+    let launch = python.launch(pid_namespace);
+    let mut command = launch.command;
+    let mut workload = KillOnDrop(
+        command
+            .arg(files.seen("names.py"))
+            .env("TRACER_GATE", "1")
+            .env("TRACER_HOLD", "stdin")
+            .env("TRACER_TRUTH", files.seen("truth.json"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting names.py"),
+    );
     let mut lines = BufReader::new(workload.stdout.take().unwrap());
     let mut line = String::new();
     lines.read_line(&mut line).unwrap();
@@ -183,21 +388,24 @@ fn record_held_in(
         .strip_prefix("ready ")
         .and_then(|p| p.trim().parse::<u32>().ok())
         .unwrap_or_else(|| panic!("names.py said {line:?}"));
-    let pid = if prefix.is_empty() {
-        own_pid
-    } else {
+    let pid = if launch.forks {
         let launcher = workload.id();
         let children =
             std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children")).unwrap();
         children.trim().parse().unwrap()
+    } else {
+        assert_eq!(own_pid, workload.id(), "names.py's own pid");
+        own_pid
     };
-    let mut recorder = tracer
-        .args(["record", "--pid", &pid.to_string(), "--output"])
-        .arg(&out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running tracer");
+    let mut recorder = KillOnDrop(
+        tracer
+            .args(["record", "--pid", &pid.to_string(), "--output"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running tracer"),
+    );
     let mut stderr = BufReader::new(recorder.stderr.take().unwrap());
     let mut said = String::new();
     while !said.contains("recording pid") {
@@ -215,8 +423,9 @@ fn record_held_in(
     let host_ids: std::collections::HashMap<u64, u64> = procfs_tids(pid)
         .into_iter()
         .map(|tid| {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
-            let own = status
+            // Its `Name:` is the kernel's name, which may be cut inside a character.
+            let status = std::fs::read(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+            let own = String::from_utf8_lossy(&status)
                 .lines()
                 .find_map(|l| l.strip_prefix("NSpid:"))
                 .and_then(|ids| ids.split_whitespace().last()?.parse().ok())
@@ -232,7 +441,7 @@ fn record_held_in(
     stdin.write_all(b"end\n").unwrap();
     stdin.flush().unwrap();
     assert!(workload.wait().unwrap().success());
-    let mut truth = read_json(&truth);
+    let mut truth = read_json(&files.host("truth.json"));
     let host = |id: &Value| match id.as_u64() {
         Some(own) => Value::from(*host_ids.get(&own).unwrap_or_else(|| {
             panic!("thread {own} of the namespace was gone before the capture ended")
@@ -245,6 +454,33 @@ fn record_held_in(
         t["parent_tid"] = host(&t["parent_tid"]);
     }
     (read_json(&out), truth, said)
+}
+
+/// A child process killed (and reaped) when a test is done with it, also when it fails
+/// midway: no workload outlives its test.
+struct KillOnDrop(std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// The thread ids of process `pid` (the host's).
@@ -260,38 +496,34 @@ fn python_names_read_when_a_capture_of_a_running_process_ends() {
     if !can_trace("python_names_read_when_a_capture_of_a_running_process_ends") {
         return;
     }
-    for (python, version) in pythons() {
-        let dir = scratch();
-        let (summary, truth, _) = record_held(&python, &mut Command::new(tracer()), dir.path());
+    for python in pythons() {
+        let files = python.files();
+        let (summary, truth, _) = record_held(&python, false, &mut Command::new(tracer()), &files);
         check_names(
             &summary,
             &truth,
-            false,
-            &format!("Python {version}, by pid"),
+            &[],
+            &format!("{}, by pid", python.label()),
         );
     }
 }
 
-/// A Python program in a PID namespace of its own (every container's case): the ids in its
-/// memory are the namespace's, and its threads are named as on the host.
+/// A Python program in a PID namespace of its own (every container's case), on the host's
+/// root and in a root of its own: the ids in its memory are the namespace's, and its
+/// threads are named as on the host.
 #[test]
 fn python_names_in_a_pid_namespace_of_its_own() {
     if !can_trace("python_names_in_a_pid_namespace_of_its_own") {
         return;
     }
-    for (python, version) in pythons() {
-        let dir = scratch();
-        let (summary, truth, _) = record_held_in(
-            &["unshare", "--pid", "--fork", "--mount-proc"],
-            &python,
-            &mut Command::new(tracer()),
-            dir.path(),
-        );
+    for python in pythons() {
+        let files = python.files();
+        let (summary, truth, _) = record_held(&python, true, &mut Command::new(tracer()), &files);
         check_names(
             &summary,
             &truth,
-            false,
-            &format!("Python {version}, in a PID namespace"),
+            &[],
+            &format!("{}, in a PID namespace", python.label()),
         );
     }
 }
@@ -312,8 +544,9 @@ fn a_process_tracer_may_not_read_keeps_kernel_names() {
         eprintln!("skipped {test}: setpriv (util-linux) is not installed");
         return;
     }
-    let dir = scratch();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let python = Python::host(python(), "Debian's".into());
+    let files = python.files();
+    std::fs::set_permissions(files.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let caps = "+bpf,+perfmon,+dac_read_search";
     let mut unprivileged = Command::new("setpriv");
     unprivileged
@@ -321,7 +554,7 @@ fn a_process_tracer_may_not_read_keeps_kernel_names() {
         .arg(format!("--inh-caps={caps}"))
         .arg(format!("--ambient-caps={caps}"))
         .arg(tracer());
-    let (summary, truth, stderr) = record_held(&python(), &mut unprivileged, dir.path());
+    let (summary, truth, stderr) = record_held(&python, false, &mut unprivileged, &files);
     assert!(
         stderr.contains("could not read the process's Python threads"),
         "{stderr}"
@@ -339,24 +572,11 @@ fn a_python_process_that_exits_while_being_read() {
     if !can_trace("a_python_process_that_exits_while_being_read") {
         return;
     }
-    let script = python_workload("names.py");
-    for (python, version) in pythons() {
-        let dir = scratch();
-        let out = dir.path().join("capture.json");
-        let output = Command::new(tracer())
-            .args(["record", "--output"])
-            .arg(&out)
-            .arg("--")
-            .arg(&python)
-            .arg(&script)
-            .arg("churn")
-            .output()
-            .expect("running tracer");
-        expect_success(
-            &format!("tracer record of names.py churn ({version})"),
-            &output,
-        );
-        let summary = read_json(&out);
+    for python in pythons() {
+        let files = python.files();
+        let version = python.label();
+        record_command_in(&python, &files, "names.py", &["churn"]);
+        let summary = read_json(&files.host("capture.json"));
         let threads = summary["threads"].as_array().unwrap();
         assert!(threads.len() > 10, "{version}: {summary:#}");
         let mut python_named = 0;
@@ -386,11 +606,12 @@ fn gil_waits_of_cpu_bound_and_io_bound_threads_on_every_version() {
     if !can_trace("gil_waits_of_cpu_bound_and_io_bound_threads_on_every_version") {
         return;
     }
-    let script = python_workload("io_vs_cpu.py");
-    for (python, version) in pythons() {
-        let (summary, truth, _) = record_summary(&[&python, &script], &[]);
+    for python in pythons() {
+        let files = python.files();
+        let (summary, truth, _) = record_run(&python, &files, "io_vs_cpu.py", &[]);
+        let version = python.label();
         let mut problems = Vec::new();
-        let mut line = format!("Python {version}:");
+        let mut line = format!("{version}:");
         let mut ratio = |role: &str| -> Vec<f64> {
             truth["threads"]
                 .as_array()
@@ -459,9 +680,10 @@ fn a_rename_just_before_the_end_is_the_final_name_on_every_version() {
     if !can_trace("a_rename_just_before_the_end_is_the_final_name_on_every_version") {
         return;
     }
-    let script = python_workload("names.py");
-    for (python, version) in pythons() {
-        let (summary, truth, _) = record_summary(&[&python, &script], &["late"]);
+    for python in pythons() {
+        let version = python.label();
+        let files = python.files();
+        let (summary, truth, _) = record_run(&python, &files, "names.py", &["late"]);
         let threads = truth["threads"].as_array().unwrap();
         let late = threads
             .iter()
@@ -473,11 +695,8 @@ fn a_rename_just_before_the_end_is_the_final_name_on_every_version() {
         assert_eq!(
             (&got["name"], &got["name_source"]),
             (&late["python_name"], &Value::from("python")),
-            "Python {version}: {summary:#}"
+            "{version}: {summary:#}"
         );
-        assert!(
-            !got["exited_ns"].is_null(),
-            "Python {version}: exit not seen"
-        );
+        assert!(!got["exited_ns"].is_null(), "{version}: exit not seen");
     }
 }

@@ -5,8 +5,10 @@
 
 mod bench;
 mod install;
+mod mounts;
 mod overhead;
 mod pydeps;
+mod rootfs;
 mod setup;
 
 use std::{
@@ -39,6 +41,9 @@ enum Task {
     },
     /// Set up, build, check formatting and lints, and run every test (eBPF tests included).
     Test,
+    /// Make the Debian sid root file system the tests run sid's Pythons in (`target/sid-root`),
+    /// unless it is there.
+    SidRoot,
     /// Build, then install the binary to /usr/local/bin/tracer, the systemd unit to
     /// /etc/systemd/system/ and the default configuration to /etc/tracer/tracer.toml (an
     /// existing configuration is kept).
@@ -84,7 +89,18 @@ fn run(task: Task) -> Result<()> {
         Task::Test => {
             setup::ensure()?;
             pydeps::ensure(&root)?;
-            test(&root)
+            let tested = test(&root);
+            // Whether the tests passed or not, none may leave a mount behind.
+            let mounts = mounts::check(&root);
+            match (tested, mounts) {
+                (Err(e), Err(m)) => Err(e.context(format!("{m:#}"))),
+                (tested, mounts) => tested.and(mounts),
+            }
+        }
+        Task::SidRoot => {
+            let dir = rootfs::ensure(&root)?;
+            eprintln!("xtask: the sid root is {}", dir.display());
+            mounts::check(&root)
         }
         Task::Install { root: dest } => {
             setup::ensure()?;
@@ -153,6 +169,11 @@ fn test(root: &Path) -> Result<()> {
     ])?;
     build(root)?;
     let workload = root.join("target/release/thread-workload");
+    // Without the root the tests on its interpreters fail under CI and are skipped elsewhere,
+    // each saying why.
+    let sid_root = rootfs::ensure(root)
+        .inspect_err(|e| eprintln!("xtask: warning: no Debian sid root: {e:#}"))
+        .ok();
     // Captures measure scheduling, so they run one at a time on this small machine.
     run_command(
         Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -167,7 +188,8 @@ fn test(root: &Path) -> Result<()> {
             .args(["--", "--test-threads=1"])
             .env("TRACER_WORKLOAD", &workload)
             .env("TRACER_PYTHON", "/usr/bin/python3")
-            .env("TRACER_PYDEPS", pydeps::dir(root)),
+            .env("TRACER_PYDEPS", pydeps::dir(root))
+            .envs(sid_root.map(|dir| ("TRACER_SID_ROOT", dir))),
     )
 }
 

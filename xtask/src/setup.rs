@@ -43,7 +43,12 @@ fn installed(package: &str) -> bool {
 }
 
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.into_iter().filter(|p| !installed(p)).collect();
+    install_missing(&PACKAGES)
+}
+
+/// Installs those of the Debian `packages` that are not installed, with apt.
+pub fn install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -1,12 +1,26 @@
 //! Processes and threads as `/proc` shows them.
 
-use std::{fs, io, path::PathBuf};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use crate::error::{Error, Result};
 
 /// A process's directory under `/proc`.
 fn process_dir(pid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}"))
+}
+
+/// A text file of `/proc`, with bytes that are not UTF-8 read as U+FFFD: `stat` and `status`
+/// hold the kernel name, which is any bytes (a name cut at 15 bytes inside a character, as
+/// CPython 3.14 and later name their threads), and the fields around it must still be read.
+pub fn read_text(path: impl AsRef<Path>) -> io::Result<String> {
+    let raw = fs::read(path)?;
+    Ok(match String::from_utf8(raw) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 /// Whether `pid` is a running process (a thread group leader, not a zombie).
@@ -18,7 +32,7 @@ pub fn process_exists(pid: u32) -> bool {
 }
 
 fn is_zombie(pid: u32) -> bool {
-    fs::read_to_string(process_dir(pid).join("stat"))
+    read_text(process_dir(pid).join("stat"))
         .ok()
         .and_then(|stat| {
             stat.rsplit_once(')')
@@ -29,7 +43,7 @@ fn is_zombie(pid: u32) -> bool {
 
 /// The thread group (process) id of thread `tid`.
 pub fn thread_group_of(tid: u32) -> io::Result<u32> {
-    let status = fs::read_to_string(process_dir(tid).join("status"))?;
+    let status = read_text(process_dir(tid).join("status"))?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("Tgid:")?.trim().parse().ok())
@@ -65,7 +79,7 @@ pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
 
 /// Whether thread `tid` of process `pid` is running or runnable right now (`R` in its stat).
 pub fn thread_is_runnable(pid: u32, tid: u32) -> bool {
-    fs::read_to_string(
+    read_text(
         process_dir(pid)
             .join("task")
             .join(tid.to_string())
@@ -179,6 +193,32 @@ mod tests {
         assert!(tids.contains(&pid) && tids.contains(&tid), "{tids:?}");
         assert_eq!(thread_comm(pid, tid).as_deref(), Some("procfs-probe"));
         assert_eq!(thread_group_of(tid).unwrap(), pid);
+        done_tx.send(()).unwrap();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn a_thread_whose_kernel_name_is_not_utf8_is_read() {
+        let pid = std::process::id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            // "名前-ス" cut inside its last character, as a 15-byte kernel name can be.
+            let name = b"\xe5\x90\x8d\xe5\x89\x8d-\xe3\x82\0";
+            // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+            assert_eq!(unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) }, 0);
+            // SAFETY: no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            // Its own stat, read while it runs.
+            tx.send((tid, thread_is_runnable(pid, tid))).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let (tid, runnable) = rx.recv().unwrap();
+        assert!(runnable, "a thread reading its own stat is running");
+        assert_eq!(thread_comm(pid, tid).as_deref(), Some("名前-\u{fffd}"));
+        assert_eq!(thread_group_of(tid).unwrap(), pid);
+        let status = read_text(process_dir(pid).join(format!("task/{tid}/status"))).unwrap();
+        assert!(status.starts_with("Name:\t名前-\u{fffd}\n"), "{status}");
         done_tx.send(()).unwrap();
         handle.join().unwrap();
     }

@@ -28,7 +28,7 @@ impl Identity {
     /// when it is gone.
     pub fn of_process(pid: u32, comm: &str) -> Option<Self> {
         let dir = Path::new("/proc").join(pid.to_string());
-        let stat = fs::read_to_string(dir.join("stat")).ok()?;
+        let stat = crate::kernel::procfs::read_text(dir.join("stat")).ok()?;
         let kernel = stat_flags(&stat).is_some_and(|flags| flags & PF_KTHREAD != 0);
         let exe = fs::read_link(dir.join("exe"))
             .map(|p| p.to_string_lossy().into_owned())

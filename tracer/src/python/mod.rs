@@ -571,7 +571,8 @@ fn task_ids(pid: u32) -> Tasks {
         })
         .unwrap_or_default();
     let own = |tid: u32| -> Option<u32> {
-        let status = std::fs::read_to_string(proc_path(pid, format!("task/{tid}/status"))).ok()?;
+        let status =
+            crate::kernel::procfs::read_text(proc_path(pid, format!("task/{tid}/status"))).ok()?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("NSpid:"))?

@@ -712,7 +712,7 @@ fn uname() -> [String; 4] {
 
 /// The parent of process `pid`, from `/proc/PID/stat`.
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::kernel::procfs::read_text(format!("/proc/{pid}/stat")).ok()?;
     // `pid (comm) state ppid ...`; the name may contain anything, so split after its last `)`.
     stat.rsplit_once(')')?
         .1
