@@ -1,6 +1,8 @@
-//! The daemon's `unit` and `container` labels, from the cgroups processes run in, and the
-//! join of tracer's series with kube-state-metrics' `kube_pod_container_info` that
-//! `deploy/kubernetes/prometheus/rules.yml` records, evaluated by a real Prometheus.
+//! The daemon and processes in containers: the `unit` and `container` labels, from the
+//! cgroups processes run in; the join of tracer's series with kube-state-metrics'
+//! `kube_pod_container_info` that `deploy/kubernetes/prometheus/rules.yml` records, evaluated
+//! by a real Prometheus; and CPython services in PID namespaces and root file systems of
+//! their own, named as on the host.
 //!
 //! The workloads run in cgroups made for the test (in the machine's cgroup v2 hierarchy)
 //! with the paths systemd gives a service and the Kubernetes kubelet (systemd driver,
@@ -18,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{prom::find, services::*, *};
+use support::{interpreters::*, prom::find, services::*, *};
 
 /// How often the tests scrape while they wait for the daemon to catch up.
 const POLL: Duration = Duration::from_millis(200);
@@ -391,4 +393,148 @@ fn pods_and_namespaces_join_from_kube_state_metrics() {
         "{cpu}: {m}"
     );
     stop_service(child);
+}
+
+/// A CPython service (as `NAME.py`) with two named threads that block on an event and one
+/// that keeps running, none with a name the kernel can hold whole; it prints `ready` once
+/// all three run and ends when standard input closes.
+const NAMED_SERVICE: &str = r#"
+import sys, threading, time
+stop = threading.Event()
+started = []
+def blocked():
+    started.append(1)
+    stop.wait()
+def busy():
+    started.append(1)
+    while not stop.is_set():
+        time.sleep(0.01)
+for name, target in (("ingest-partition-worker-1", blocked),
+                     ("ingest-partition-worker-2", blocked),
+                     ("heartbeat-of-the-ingest-service", busy)):
+    threading.Thread(target=target, name=name, daemon=True).start()
+while len(started) < 3:
+    time.sleep(0.001)
+print("ready", flush=True)
+sys.stdin.read()
+stop.set()
+"#;
+
+/// The names [`NAMED_SERVICE`] gives its threads.
+const NAMED_THREADS: [&str; 4] = [
+    "MainThread",
+    "ingest-partition-worker-1",
+    "ingest-partition-worker-2",
+    "heartbeat-of-the-ingest-service",
+];
+
+/// The host id of the interpreter a launcher (pid `launcher`) started: itself when it execs
+/// the interpreter, else its child.
+fn interpreter_pid(launcher: u32, forks: bool) -> u32 {
+    if !forks {
+        return launcher;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+                .unwrap_or_default();
+        if let Some(child) = children.split_whitespace().next() {
+            return child.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "{launcher} started no child");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The same service under three script names: on the host, in a PID namespace of its own,
+/// and in a root file system of its own (the Debian sid root's newest CPython). The daemon
+/// exports each under its own `process`, every thread alive by its Python name, and as many
+/// threads as the kernel lists for each.
+#[test]
+fn services_in_pid_namespaces_and_roots_of_their_own_are_named_as_on_the_host() {
+    let test = "services_in_pid_namespaces_and_roots_of_their_own_are_named_as_on_the_host";
+    if !can_trace(test) {
+        return;
+    }
+    let daemon = Daemon::start(&[], &[]);
+    let host = || {
+        let python = python();
+        let version = Python::version_of(Python::host(python.clone(), String::new()).launch(false))
+            .expect("the host's CPython runs");
+        Python::host(python, version)
+    };
+    let mut places: Vec<(String, Python, bool)> = vec![
+        ("on_host_service".into(), host(), false),
+        ("in_pid_namespace_service".into(), host(), true),
+    ];
+    if let Some(newest) = sid_pythons().pop() {
+        places.push(("in_own_root_service".into(), newest, false));
+    }
+    let mut running = Vec::new();
+    for (name, python, pid_namespace) in &places {
+        let files = python.files();
+        std::fs::write(files.host(&format!("{name}.py")), NAMED_SERVICE).unwrap();
+        let launch = python.launch(*pid_namespace);
+        let mut command = launch.command;
+        let mut child = KillOnDrop(
+            command
+                .arg(files.seen(&format!("{name}.py")))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready", "{}: {line:?}", python.label());
+        let pid = interpreter_pid(child.id(), launch.forks);
+        running.push((name.clone(), python.label(), pid, child, files));
+    }
+    let names_of = |samples: &[support::prom::Sample], process: &str| -> Vec<String> {
+        let mut names: Vec<String> = find(
+            samples,
+            "tracer_thread_cpu_seconds_total",
+            &[("process", process)],
+        )
+        .into_iter()
+        .map(|s| s.labels["thread"].clone())
+        .collect();
+        names.sort();
+        names
+    };
+    let mut want: Vec<String> = NAMED_THREADS.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    let deadline = Instant::now() + PATIENCE;
+    let samples = loop {
+        std::thread::sleep(POLL);
+        let samples = daemon.samples();
+        if running
+            .iter()
+            .all(|(name, ..)| names_of(&samples, name) == want)
+            || Instant::now() > deadline
+        {
+            break samples;
+        }
+    };
+    for (name, label, pid, _, _) in &running {
+        assert_eq!(names_of(&samples, name), want, "{label} as {name}");
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count() as f64;
+        let threads = find(&samples, "tracer_threads", &[("process", name)]);
+        assert_eq!(
+            threads.iter().map(|s| s.value).collect::<Vec<_>>(),
+            [tasks],
+            "{label} as {name}: tracer_threads"
+        );
+    }
+    for (_, _, _, mut child, _) in running {
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+    }
 }

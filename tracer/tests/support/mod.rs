@@ -6,6 +6,7 @@
 )]
 
 pub mod compare;
+pub mod interpreters;
 pub mod prom;
 pub mod services;
 
