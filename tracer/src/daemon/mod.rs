@@ -1,5 +1,6 @@
 //! `tracer daemon`: attaches system-wide and serves Prometheus metrics.
 
+mod budget;
 pub mod config;
 mod http;
 pub mod metrics;
@@ -318,8 +319,8 @@ fn reload(args: &Args, shared: &Shared) {
             if config.futex_waits != current.0.futex_waits {
                 eprintln!("tracer: futex_waits changes only on restart");
             }
-            // Processes are named again under the new rules; live threads join the series
-            // of their new names at the next scrape.
+            // Processes are named again under the new rules; live threads whose process or
+            // label changed join the series of their new names at the next scrape.
             let mut state = shared.state.lock().expect("state lock");
             let leaders: Vec<(u32, String)> = state
                 .process_names
@@ -331,9 +332,9 @@ fn reload(args: &Args, shared: &Shared) {
                     .process_names
                     .insert(tgid, process_name(&compiled, tgid, &comm));
             }
-            for thread in state.threads.values_mut() {
-                thread.series = None;
-            }
+            let python = shared.python.lock().expect("python lock");
+            state.keep_series_unless_renamed(&compiled, &python.names);
+            drop(python);
             drop(state);
             *current = (config, compiled);
             eprintln!("tracer: configuration reloaded");
@@ -367,6 +368,8 @@ impl Shared {
             .filter_map(|tid| Some((tid, procfs::schedstat(tid)?)))
             .collect();
         let mut in_map: state::FastMap<u32, ()> = state::FastMap::default();
+        // Threads not yet in a series, admitted to theirs once all are known.
+        let mut pending: Vec<budget::Pending<'_>> = Vec::new();
         probes.for_each_thread(|tid, stats| {
             in_map.insert(tid, ());
             let is_python = python.processes.contains(&stats.tgid);
@@ -394,26 +397,29 @@ impl Shared {
                 state.add_thread(tid, tgid, comm);
             }
             let name = python.names.get(&tid).map(String::as_str);
-            if let Some(key) = state.series_of_thread(tid, name, rules) {
-                series.entry(key).or_default().add(&values);
-            }
+            pending.push(budget::Pending { tid, name, values });
         });
         // Threads that have not left a CPU since the attach (asleep all along, an idle pool,
         // a deadlocked pair) have no entry in the kernel map: they are in their series too,
         // with nothing counted since the attach.
-        let idle: Vec<u32> = state
-            .threads
-            .keys()
-            .copied()
-            .filter(|tid| !in_map.contains_key(tid))
-            .collect();
-        for tid in idle {
-            let tgid = state.threads[&tid].tgid;
-            let name = python.names.get(&tid).map(String::as_str);
-            if let Some(key) = state.series_of_thread(tid, name, rules) {
-                let values = series.entry(key).or_default();
-                values.python |= u64::from(python.processes.contains(&tgid));
+        for (&tid, thread) in &state.threads {
+            if in_map.contains_key(&tid) {
+                continue;
             }
+            let values = Values {
+                python: u64::from(python.processes.contains(&thread.tgid)),
+                ..Values::default()
+            };
+            match &thread.series {
+                Some(key) => series.entry(key.clone()).or_default().add(&values),
+                None => {
+                    let name = python.names.get(&tid).map(String::as_str);
+                    pending.push(budget::Pending { tid, name, values });
+                }
+            }
+        }
+        for (key, values) in state.admit(pending, rules) {
+            series.entry(key).or_default().add(&values);
         }
         state.finish_scrape(&mut series);
         // A process's run-queue and futex waits: those of all its series as exported.

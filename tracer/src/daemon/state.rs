@@ -200,8 +200,14 @@ pub struct State {
     /// Names of thread group leaders, by tgid.
     pub process_names: HashMap<u32, String>,
     pub processes: HashMap<String, ProcessCounts>,
-    /// Thread labels admitted per process (at most the cap).
-    admitted: HashMap<String, HashSet<String>>,
+    /// Thread labels admitted per process (at most the cap), `other` not among them.
+    pub(super) admitted: HashMap<String, HashSet<String>>,
+    /// Processes that have a `thread="other"` series.
+    pub(super) other: HashSet<String>,
+    /// Named thread series each process may have, as the last scrape shared the budget.
+    pub(super) allowance: HashMap<String, usize>,
+    /// The fair level of the last scrape (None before the first).
+    pub(super) level: Option<usize>,
     /// Final values of exited threads, by series, and when a thread of it was last seen.
     retired: FastMap<SeriesKey, (Values, Instant)>,
     /// Values last exported, by series.
@@ -309,46 +315,11 @@ impl State {
         counts.last_seen = Some(now);
     }
 
-    /// The series thread `tid` counts in: the one it was first exported in, or else the one
-    /// its process admits it to by `name` (its Python name; else its kernel name), fixed from
-    /// then on. None when the thread is unknown or its process is not exported.
-    pub fn series_of_thread(
-        &mut self,
-        tid: u32,
-        name: Option<&str>,
-        rules: &Compiled,
-    ) -> Option<SeriesKey> {
-        let thread = self.threads.get(&tid)?;
-        if let Some(key) = &thread.series {
-            return Some(key.clone());
-        }
-        let (tgid, comm) = (thread.tgid, thread.comm.clone());
-        let process = self.process_name(tgid)?.to_owned();
-        if !rules.exports(&process) {
-            return None;
-        }
-        let key = self.series_for(&process, name.unwrap_or(&comm), rules);
-        self.threads.get_mut(&tid)?.series = Some(key.clone());
-        Some(key)
-    }
-
-    /// The series a thread named `name` of `process` counts in, admitting it under the cap.
+    /// The series a thread named `name` of `process` counts in, admitting it under the cap
+    /// and the process's share of the budget.
     pub fn series_for(&mut self, process: &str, name: &str, rules: &Compiled) -> SeriesKey {
         let label = rules.thread_label(process, name);
-        let admitted = self.admitted.entry(process.to_owned()).or_default();
-        let thread = if admitted.contains(&label) {
-            label
-        } else if admitted.len() < rules.max_threads_per_process {
-            admitted.insert(label.clone());
-            label
-        } else {
-            self.folded += 1;
-            OTHER.to_owned()
-        };
-        SeriesKey {
-            process: process.to_owned(),
-            thread,
-        }
+        self.series_for_label(process, label, rules.max_threads_per_process)
     }
 
     /// Adds the retired values to `live` and clamps every series to what was last exported.
@@ -388,7 +359,9 @@ impl State {
         for key in expired {
             self.retired.remove(&key);
             self.reported.remove(&key);
-            if let Some(admitted) = self.admitted.get_mut(&key.process) {
+            if key.thread == OTHER {
+                self.other.remove(&key.process);
+            } else if let Some(admitted) = self.admitted.get_mut(&key.process) {
                 admitted.remove(&key.thread);
                 if admitted.is_empty() {
                     self.admitted.remove(&key.process);
