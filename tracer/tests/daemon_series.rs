@@ -377,3 +377,81 @@ fn the_series_budget_is_shared_fairly_and_folds_into_other() {
         folded as f64
     );
 }
+
+/// One `GET /metrics` with `accept_encoding`: the response's head and its body as sent.
+fn get_metrics(addr: &str, accept_encoding: Option<&str>) -> (String, Vec<u8>) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let accept = accept_encoding.map_or(String::new(), |a| format!("Accept-Encoding: {a}\r\n"));
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let at = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8(response[..at].to_vec()).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (head, response[at + 4..].to_vec())
+}
+
+/// The value of header `name` in `head` (any case).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The families of exposition text, as its `# TYPE` lines, but for those that come and go
+/// with what else runs on the machine (CPython processes, `kernel.bpf_stats_enabled`).
+fn families(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("# TYPE"))
+        .filter(|l| !l.contains("tracer_python_") && !l.contains("tracer_bpf_"))
+        .collect()
+}
+
+/// A scrape that accepts gzip gets the exposition compressed, which decodes to the same
+/// families as a plain scrape's; one that refuses it (`q=0`) or says nothing gets text.
+#[test]
+fn the_exposition_is_gzipped_when_the_scraper_accepts_it() {
+    if !can_trace("the_exposition_is_gzipped_when_the_scraper_accepts_it") {
+        return;
+    }
+    use std::io::Read as _;
+    let daemon = Daemon::start(&[], &[]);
+    let (head, plain) = get_metrics(&daemon.addr, None);
+    assert_eq!(header(&head, "Content-Encoding"), None, "{head}");
+    let plain = String::from_utf8(plain).unwrap();
+    let (head, packed) = get_metrics(&daemon.addr, Some("gzip, deflate"));
+    assert_eq!(header(&head, "Content-Encoding"), Some("gzip"), "{head}");
+    assert_eq!(
+        header(&head, "Content-Length"),
+        Some(packed.len().to_string().as_str())
+    );
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(packed.as_slice())
+        .read_to_string(&mut text)
+        .expect("a gzip body");
+    prom::parse(&text);
+    assert_eq!(families(&text), families(&plain));
+    assert!(
+        packed.len() * 4 < text.len(),
+        "{} bytes compressed from {}",
+        packed.len(),
+        text.len()
+    );
+    for refused in ["gzip;q=0", "identity", "br;q=1, gzip;q=0.0"] {
+        let (head, body) = get_metrics(&daemon.addr, Some(refused));
+        assert_eq!(header(&head, "Content-Encoding"), None, "{refused}: {head}");
+        prom::parse(std::str::from_utf8(&body).expect(refused));
+    }
+}
