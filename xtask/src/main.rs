@@ -7,6 +7,7 @@ mod bench;
 mod install;
 mod overhead;
 mod pydeps;
+mod scrape;
 mod setup;
 
 use std::{
@@ -48,7 +49,11 @@ enum Task {
         root: PathBuf,
     },
     /// Build, run the benchmarks and write BENCHMARKS.md.
-    Bench,
+    Bench {
+        /// Run only this part; the other sections of BENCHMARKS.md stay as they are.
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,10 +96,10 @@ fn run(task: Task) -> Result<()> {
             build(&root)?;
             install(&root, &dest)
         }
-        Task::Bench => {
+        Task::Bench { only } => {
             setup::ensure()?;
             build(&root)?;
-            bench::run(&root)
+            bench::run(&root, only)
         }
     }
 }

@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 
 use tracer_common::{event::EventKind, thread::HISTOGRAM_BUCKETS};
 
-use super::state::{FastMap, SeriesKey, Values};
+use super::{
+    histograms::Hists,
+    state::{FastMap, SeriesKey, Values},
+};
 
 /// Histogram bounds exported: every other power of two from 2^10 ns (1 µs) to 2^34 ns (17 s).
 pub const EXPORTED_BUCKETS: [usize; 13] = [10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34];
@@ -47,6 +50,8 @@ pub struct ProcessRow {
     pub threads_alive: u64,
     /// The sum of its series as exported by the same scrape.
     pub totals: Values,
+    /// Its histograms.
+    pub hists: Hists,
 }
 
 /// A sample value: integers print exactly, seconds as decimals.
@@ -344,7 +349,7 @@ pub fn render(s: &Scrape) -> String {
         );
         for (p, labels) in s.processes.iter().zip(&labels) {
             let t = &p.totals;
-            out.histogram(name, labels, &t.runqueue_hist, t.runqueue_wait_ns);
+            out.histogram(name, labels, &p.hists.runqueue, t.runqueue_wait_ns);
         }
         let name = "tracer_futex_wait_seconds";
         out.header(
@@ -354,7 +359,7 @@ pub fn render(s: &Scrape) -> String {
         );
         for (p, labels) in s.processes.iter().zip(&labels) {
             let t = &p.totals;
-            out.histogram(name, labels, &t.futex_hist, t.futex_wait_ns);
+            out.histogram(name, labels, &p.hists.futex, t.futex_wait_ns);
         }
     }
     let name = "tracer_events_lost_total";
@@ -445,15 +450,18 @@ mod tests {
 
     #[test]
     fn histograms_are_cumulative_in_seconds() {
-        let mut v = Values::default();
-        v.futex_hist[5] = 2; // < 32 ns
-        v.futex_hist[20] = 3; // < ~1 ms
-        v.futex_hist[39] = 1; // open-ended
-        v.futex_wait_ns = 1_500_000_000;
+        let mut hists = Hists::default();
+        hists.futex[5] = 2; // < 32 ns
+        hists.futex[20] = 3; // < ~1 ms
+        hists.futex[39] = 1; // open-ended
         let text = render(&Scrape {
             processes: vec![ProcessRow {
                 process: "p".into(),
-                totals: v,
+                totals: Values {
+                    futex_wait_ns: 1_500_000_000,
+                    ..Values::default()
+                },
+                hists,
                 ..ProcessRow::default()
             }],
             ..Scrape::default()
@@ -471,10 +479,13 @@ mod tests {
 
     #[test]
     fn thread_series_are_counters_and_gauges_only() {
-        let mut v = Values::default();
-        v.futex_hist[12] = 4;
-        v.futex_waits = 4;
-        v.futex_wait_ns = 8_000;
+        let v = Values {
+            futex_waits: 4,
+            futex_wait_ns: 8_000,
+            ..Values::default()
+        };
+        let mut hists = Hists::default();
+        hists.futex[12] = 4;
         let key = SeriesKey {
             process: "p".into(),
             thread: "t".into(),
@@ -484,6 +495,7 @@ mod tests {
             processes: vec![ProcessRow {
                 process: "p".into(),
                 totals: v,
+                hists,
                 ..ProcessRow::default()
             }],
             ..Scrape::default()

@@ -2,6 +2,7 @@
 
 mod budget;
 pub mod config;
+mod histograms;
 mod http;
 pub mod metrics;
 mod notify;
@@ -285,7 +286,12 @@ fn harvest(shared: &Shared, tids: &[(u32, u32)], reuse: Reuse) {
             state.exit_of_a_reused_id(tid, exited_tgid, now);
             continue;
         }
-        let last = stats.map(|stats| Values::of_thread(&stats, now_ns, is_python, None));
+        let last = stats.map(|stats| {
+            (
+                Values::of_thread(&stats, now_ns, is_python, None),
+                histograms::Hists::of_thread(&stats),
+            )
+        });
         probes.remove_thread(tid);
         let name = python.names.remove(&tid);
         state.thread_exited(tid, last, name.as_deref(), now, &config.1);
@@ -360,14 +366,18 @@ impl Shared {
         let probes = self.probes.lock().expect("probes lock");
         let mut state = self.state.lock().expect("state lock");
         let python = self.python.lock().expect("python lock");
-        let mut series: state::FastMap<state::SeriesKey, Values> = state::FastMap::default();
+        let mut series: state::FastMap<state::SeriesKey, Values> =
+            state::FastMap::with_capacity_and_hasher(state.threads.len(), Default::default());
+        // Histograms by thread group id, of every thread in the map.
+        let mut hists: state::FastMap<u32, histograms::Hists> = state::FastMap::default();
         // The threads on a CPU now: their CPU time since their last switch out is the kernel's.
         let running: Vec<(u32, (u64, u64))> = probes
             .threads_on_cpu()
             .into_iter()
             .filter_map(|tid| Some((tid, procfs::schedstat(tid)?)))
             .collect();
-        let mut in_map: state::FastMap<u32, ()> = state::FastMap::default();
+        let mut in_map: state::FastMap<u32, ()> =
+            state::FastMap::with_capacity_and_hasher(state.threads.len(), Default::default());
         // Threads not yet in a series, admitted to theirs once all are known.
         let mut pending: Vec<budget::Pending<'_>> = Vec::new();
         probes.for_each_thread(|tid, stats| {
@@ -377,6 +387,7 @@ impl Shared {
             let values = Values::of_thread(stats, now_ns, is_python, now);
             // The common case: a known thread already assigned to its series.
             if let Some(key) = state.threads.get(&tid).and_then(|t| t.series.as_ref()) {
+                hists.entry(stats.tgid).or_default().add_thread(stats);
                 match series.get_mut(key) {
                     Some(total) => total.add(&values),
                     None => {
@@ -396,6 +407,7 @@ impl Shared {
                 });
                 state.add_thread(tid, tgid, comm);
             }
+            hists.entry(stats.tgid).or_default().add_thread(stats);
             let name = python.names.get(&tid).map(String::as_str);
             pending.push(budget::Pending { tid, name, values });
         });
@@ -422,6 +434,7 @@ impl Shared {
             series.entry(key).or_default().add(&values);
         }
         state.finish_scrape(&mut series);
+        let mut hists = state.finish_hists(hists);
         // A process's run-queue and futex waits: those of all its series as exported.
         let mut totals: HashMap<String, Values> = HashMap::new();
         for (key, values) in &series {
@@ -443,6 +456,7 @@ impl Shared {
                 threads_created: state.processes.get(&name).map_or(0, |c| c.threads_created),
                 threads_exited: state.processes.get(&name).map_or(0, |c| c.threads_exited),
                 totals: totals.remove(&name).unwrap_or_default(),
+                hists: hists.remove(&name).unwrap_or_default(),
                 process: name,
             })
             .collect();
