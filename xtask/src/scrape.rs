@@ -258,7 +258,7 @@ fn get(addr: &str, path: &str, gzip: bool) -> Result<(String, Vec<u8>)> {
     };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{accept}\r\n"
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
