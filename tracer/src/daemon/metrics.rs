@@ -188,7 +188,15 @@ fn push_u64(text: &mut String, mut n: u64) {
             break;
         }
     }
-    text.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+    push_ascii(text, &digits[at..]);
+}
+
+/// Appends ASCII digits and points.
+fn push_ascii(text: &mut String, ascii: &[u8]) {
+    debug_assert!(ascii.is_ascii());
+    for &b in ascii {
+        text.push(char::from(b));
+    }
 }
 
 /// Appends `ns` nanoseconds as decimal seconds, exactly (`1.5`, `0.000001024`, `3`).
@@ -198,12 +206,14 @@ fn push_seconds(text: &mut String, ns: u64) {
     if fraction == 0 {
         return;
     }
-    let mut width = 9;
-    while fraction.is_multiple_of(10) {
+    // The nine decimals, then without the trailing zeros.
+    let mut digits = [b'.', b'0', b'0', b'0', b'0', b'0', b'0', b'0', b'0', b'0'];
+    for at in (1..digits.len()).rev() {
+        digits[at] = b'0' + (fraction % 10) as u8;
         fraction /= 10;
-        width -= 1;
     }
-    let _ = write!(text, ".{fraction:0width$}");
+    let end = digits.iter().rposition(|&b| b != b'0').map_or(1, |i| i + 1);
+    push_ascii(text, &digits[..end]);
 }
 
 /// A metric name with a suffix.

@@ -436,9 +436,14 @@ impl Shared {
         state.finish_scrape(&mut series);
         let mut hists = state.finish_hists(hists);
         // A process's run-queue and futex waits: those of all its series as exported.
-        let mut totals: HashMap<String, Values> = HashMap::new();
+        let mut totals: HashMap<&str, Values> = HashMap::new();
         for (key, values) in &series {
-            totals.entry(key.process.clone()).or_default().add(values);
+            match totals.get_mut(key.process.as_str()) {
+                Some(total) => total.add(values),
+                None => {
+                    totals.insert(&key.process, values.clone());
+                }
+            }
         }
         let mut alive: HashMap<&str, u64> = HashMap::new();
         for t in state.threads.values() {
@@ -455,7 +460,7 @@ impl Shared {
                 threads_alive: alive.get(name.as_str()).copied().unwrap_or(n),
                 threads_created: state.processes.get(&name).map_or(0, |c| c.threads_created),
                 threads_exited: state.processes.get(&name).map_or(0, |c| c.threads_exited),
-                totals: totals.remove(&name).unwrap_or_default(),
+                totals: totals.remove(name.as_str()).unwrap_or_default(),
                 hists: hists.remove(&name).unwrap_or_default(),
                 process: name,
             })
