@@ -385,7 +385,7 @@ pub fn render(s: &Scrape) -> String {
         (
             "tracer_series_folded_total",
             "counter",
-            "Threads counted in thread=\"other\" because their process had too many thread series.",
+            "Threads counted in thread=\"other\" because their process had used its share of max_series or its max_threads_per_process.",
             Num::Int(s.folded),
         ),
         (
