@@ -729,6 +729,7 @@ fn print_config_shows_the_file_under_the_flags() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("listen = \"127.0.0.1:9999\""), "{text}");
     assert!(text.contains("max_threads_per_process = 5"), "{text}");
+    assert!(text.contains("max_series = 2000"), "{text}");
     assert!(text.contains("replacement = \"N\""), "{text}");
     let out = Command::new(tracer())
         .args(["daemon", "--print-config", "--config", "/nonexistent.toml"])

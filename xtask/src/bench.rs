@@ -7,7 +7,6 @@ use std::{
     net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -21,25 +20,63 @@ pub struct Section {
 /// The heading from which `BENCHMARKS.md` is a record of earlier runs, which a new run keeps.
 const HISTORY: &str = "## Changes measured";
 
-/// Runs every benchmark and writes `BENCHMARKS.md`.
-pub fn run(root: &Path) -> Result<()> {
-    let mut sections = vec![scrape_latency(root)?];
-    sections.extend(super::overhead::run(root)?);
+/// The parts of the benchmarks `cargo xtask bench --only` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// One scrape at 10 000 threads, with a real Prometheus.
+    Scrape,
+    /// What tracing costs the traced, record-mode loss, the daemon's own cost.
+    Overhead,
+}
+
+/// Runs the benchmarks (`only` one part of them) and writes `BENCHMARKS.md`; the sections of
+/// parts not run stay as the file had them.
+pub fn run(root: &Path, only: Option<Part>) -> Result<()> {
+    let mut sections = Vec::new();
+    if only.is_none_or(|p| p == Part::Scrape) {
+        sections.push(super::scrape::run(root)?);
+    }
+    if only.is_none_or(|p| p == Part::Overhead) {
+        sections.extend(super::overhead::run(root)?);
+    }
+    let path = root.join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let (kept, history) = match old.find(HISTORY) {
+        Some(at) => old.split_at(at),
+        None => (old.as_str(), ""),
+    };
+    // The sections of the file, by title, in order: those not run this time stay.
+    let mut all: Vec<Section> = if only.is_some() {
+        kept.split("\n## ")
+            .skip(1)
+            .filter_map(|s| {
+                let (title, text) = s.split_once('\n')?;
+                Some(Section {
+                    title: title.trim().to_owned(),
+                    text: text.trim().to_owned(),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for new in sections {
+        match all.iter_mut().find(|s| s.title == new.title) {
+            Some(old) => *old = new,
+            None => all.push(new),
+        }
+    }
     let mut doc = String::from(
         "# Benchmarks\n\nWritten by `cargo xtask bench` on the machine it ran on; every figure of a table \
-         comes from the same run.\n\n",
+         comes from the same run (`cargo xtask bench --only PART` runs one part and keeps the others' \
+         sections).\n\n",
     );
     let _ = writeln!(doc, "Machine: {}.\n", machine());
-    for s in sections {
+    for s in all {
         let _ = writeln!(doc, "## {}\n\n{}\n", s.title, s.text.trim_end());
     }
     // The record of earlier runs, kept by hand, stays as it is.
-    let path = root.join("BENCHMARKS.md");
-    if let Ok(old) = std::fs::read_to_string(&path)
-        && let Some(at) = old.find(HISTORY)
-    {
-        doc.push_str(&old[at..]);
-    }
+    doc.push_str(history);
     std::fs::write(&path, doc)?;
     eprintln!("xtask: wrote BENCHMARKS.md");
     Ok(())
@@ -162,103 +199,4 @@ pub fn process_usage(pid: u32) -> (f64, u64) {
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// Scrape latency at one size: a process with `threads` named threads.
-struct ScrapeRow {
-    threads: usize,
-    thread_series: usize,
-    time_series: usize,
-    bytes: usize,
-    median_ms: f64,
-    max_ms: f64,
-    rss_kib: u64,
-}
-
-fn scrape_row(root: &Path, threads: usize) -> Result<ScrapeRow> {
-    let dir = std::env::temp_dir().join(format!("tracer-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let config = dir.join("tracer.toml");
-    std::fs::write(&config, "max_threads_per_process = 20000\n")?;
-    let daemon = Daemon::start(root, Some(&config))?;
-    let mut workload = Command::new(root.join("target/release/thread-workload"))
-        .arg("idle")
-        .env("TRACER_IDLE_THREADS", threads.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(workload.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
-    let count = |body: &str| {
-        body.lines()
-            .filter(|l| {
-                l.starts_with("tracer_thread_cpu_seconds_total{") && l.contains("thread-workload")
-            })
-            .count()
-    };
-    // Every idle thread has run (and so is in the kernel map) once it waits.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count(&daemon.scrape()?) < threads && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let mut times = Vec::new();
-    let mut body = String::new();
-    for _ in 0..21 {
-        let started = Instant::now();
-        body = daemon.scrape()?;
-        times.push(started.elapsed().as_secs_f64() * 1e3);
-    }
-    let (_, rss_kib) = daemon.usage();
-    drop(workload.stdin.take());
-    let _ = workload.wait();
-    drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
-    let max_ms = times.iter().copied().fold(0.0, f64::max);
-    Ok(ScrapeRow {
-        threads,
-        thread_series: count(&body),
-        time_series: body.lines().filter(|l| !l.starts_with('#')).count(),
-        bytes: body.len(),
-        median_ms: median(&mut times),
-        max_ms,
-        rss_kib,
-    })
-}
-
-/// `/metrics` latency (target: under 50 ms at 10 000 series).
-fn scrape_latency(root: &Path) -> Result<Section> {
-    // About 20 time series per thread series (switches, CPU, run-queue wait and a futex
-    // histogram): 480 threads give some 10 000 time series; 10 000 threads some 200 000.
-    let rows = [480, 10_000]
-        .into_iter()
-        .map(|threads| scrape_row(root, threads))
-        .collect::<Result<Vec<_>>>()?;
-    let mut text = String::from(
-        "`tracer daemon` with one process of N named threads (`max_threads_per_process = 20000`); \
-         21 sequential `GET /metrics` over loopback, each collecting from the kernel map and writing the \
-         text. A time series is one sample line; a thread series is one (process, thread) pair, which has \
-         about 20 time series.\n\n",
-    );
-    let _ = writeln!(
-        text,
-        "| threads | thread series | time series | body | median | max | target | daemon RSS |"
-    );
-    let _ = writeln!(text, "|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        let _ = writeln!(
-            text,
-            "| {} | {} | {} | {:.2} MiB | {:.1} ms | {:.1} ms | < 50 ms at 10 000 series | {:.1} MiB |",
-            r.threads,
-            r.thread_series,
-            r.time_series,
-            r.bytes as f64 / (1 << 20) as f64,
-            r.median_ms,
-            r.max_ms,
-            r.rss_kib as f64 / 1024.0
-        );
-    }
-    Ok(Section {
-        title: "Scrape latency".into(),
-        text,
-    })
 }

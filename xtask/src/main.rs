@@ -9,6 +9,7 @@ mod mounts;
 mod overhead;
 mod pydeps;
 mod rootfs;
+mod scrape;
 mod setup;
 
 use std::{
@@ -53,7 +54,11 @@ enum Task {
         root: PathBuf,
     },
     /// Build, run the benchmarks and write BENCHMARKS.md.
-    Bench,
+    Bench {
+        /// Run only this part; the other sections of BENCHMARKS.md stay as they are.
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,10 +112,10 @@ fn run(task: Task) -> Result<()> {
             build(&root)?;
             install(&root, &dest)
         }
-        Task::Bench => {
+        Task::Bench { only } => {
             setup::ensure()?;
             build(&root)?;
-            bench::run(&root)
+            bench::run(&root, only)
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Thread series kept per process; further thread names fold into `thread="other"`.
     pub max_threads_per_process: usize,
+    /// Thread series of the whole host, shared fairly across processes at each scrape; a
+    /// process over its share folds further threads into `thread="other"`.
+    pub max_series: usize,
     /// Seconds a series of threads that are all gone is kept before it expires.
     pub series_expiry_secs: u64,
     /// Process names (regular expressions, whole name) to export; empty means all.
@@ -94,6 +97,7 @@ impl Default for Config {
         Self {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             max_threads_per_process: 64,
+            max_series: 2000,
             series_expiry_secs: 600,
             include_processes: Vec::new(),
             exclude_processes: Vec::new(),
@@ -150,6 +154,9 @@ impl Config {
                 "max_threads_per_process must be at least 1".into(),
             ));
         }
+        if self.max_series == 0 {
+            return Err(Error::Config("max_series must be at least 1".into()));
+        }
         if self.max_traced_threads < 64 {
             return Err(Error::Config(
                 "max_traced_threads must be at least 64".into(),
@@ -185,6 +192,7 @@ impl Config {
             namer: Namer::new(&self.process_names)?,
             labels: self.compile_labels()?,
             max_threads_per_process: self.max_threads_per_process,
+            max_series: self.max_series,
         })
     }
 }
@@ -228,6 +236,7 @@ pub struct Compiled {
     /// The optional labels series carry.
     pub labels: Labels,
     pub max_threads_per_process: usize,
+    pub max_series: usize,
 }
 
 impl Compiled {

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use tracer_common::{event::EventKind, thread::HISTOGRAM_BUCKETS};
 
 use super::{
+    histograms::Hists,
     labels,
     state::{FastMap, SeriesKey, Values},
 };
@@ -50,6 +51,8 @@ pub struct ProcessRow {
     pub threads_alive: u64,
     /// The sum of its series as exported by the same scrape.
     pub totals: Values,
+    /// Its histograms.
+    pub hists: Hists,
 }
 
 /// A sample value: integers print exactly, seconds as decimals.
@@ -191,7 +194,15 @@ fn push_u64(text: &mut String, mut n: u64) {
             break;
         }
     }
-    text.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+    push_ascii(text, &digits[at..]);
+}
+
+/// Appends ASCII digits and points.
+fn push_ascii(text: &mut String, ascii: &[u8]) {
+    debug_assert!(ascii.is_ascii());
+    for &b in ascii {
+        text.push(char::from(b));
+    }
 }
 
 /// Appends `ns` nanoseconds as decimal seconds, exactly (`1.5`, `0.000001024`, `3`).
@@ -201,12 +212,14 @@ fn push_seconds(text: &mut String, ns: u64) {
     if fraction == 0 {
         return;
     }
-    let mut width = 9;
-    while fraction.is_multiple_of(10) {
+    // The nine decimals, then without the trailing zeros.
+    let mut digits = [b'.', b'0', b'0', b'0', b'0', b'0', b'0', b'0', b'0', b'0'];
+    for at in (1..digits.len()).rev() {
+        digits[at] = b'0' + (fraction % 10) as u8;
         fraction /= 10;
-        width -= 1;
     }
-    let _ = write!(text, ".{fraction:0width$}");
+    let end = digits.iter().rposition(|&b| b != b'0').map_or(1, |i| i + 1);
+    push_ascii(text, &digits[..end]);
 }
 
 /// A metric name with a suffix.
@@ -356,7 +369,7 @@ pub fn render(s: &Scrape) -> String {
         );
         for (p, labels) in s.processes.iter().zip(&labels) {
             let t = &p.totals;
-            out.histogram(name, labels, &t.runqueue_hist, t.runqueue_wait_ns);
+            out.histogram(name, labels, &p.hists.runqueue, t.runqueue_wait_ns);
         }
         let name = "tracer_futex_wait_seconds";
         out.header(
@@ -366,7 +379,7 @@ pub fn render(s: &Scrape) -> String {
         );
         for (p, labels) in s.processes.iter().zip(&labels) {
             let t = &p.totals;
-            out.histogram(name, labels, &t.futex_hist, t.futex_wait_ns);
+            out.histogram(name, labels, &p.hists.futex, t.futex_wait_ns);
         }
     }
     let name = "tracer_events_lost_total";
@@ -382,7 +395,7 @@ pub fn render(s: &Scrape) -> String {
         (
             "tracer_series_folded_total",
             "counter",
-            "Threads counted in thread=\"other\" because their process had too many thread series.",
+            "Threads counted in thread=\"other\" because their process had used its share of max_series or its max_threads_per_process.",
             Num::Int(s.folded),
         ),
         (
@@ -457,15 +470,18 @@ mod tests {
 
     #[test]
     fn histograms_are_cumulative_in_seconds() {
-        let mut v = Values::default();
-        v.futex_hist[5] = 2; // < 32 ns
-        v.futex_hist[20] = 3; // < ~1 ms
-        v.futex_hist[39] = 1; // open-ended
-        v.futex_wait_ns = 1_500_000_000;
+        let mut hists = Hists::default();
+        hists.futex[5] = 2; // < 32 ns
+        hists.futex[20] = 3; // < ~1 ms
+        hists.futex[39] = 1; // open-ended
         let text = render(&Scrape {
             processes: vec![ProcessRow {
                 process: "p".into(),
-                totals: v,
+                totals: Values {
+                    futex_wait_ns: 1_500_000_000,
+                    ..Values::default()
+                },
+                hists,
                 ..ProcessRow::default()
             }],
             ..Scrape::default()
@@ -483,10 +499,13 @@ mod tests {
 
     #[test]
     fn thread_series_are_counters_and_gauges_only() {
-        let mut v = Values::default();
-        v.futex_hist[12] = 4;
-        v.futex_waits = 4;
-        v.futex_wait_ns = 8_000;
+        let v = Values {
+            futex_waits: 4,
+            futex_wait_ns: 8_000,
+            ..Values::default()
+        };
+        let mut hists = Hists::default();
+        hists.futex[12] = 4;
         let key = SeriesKey {
             process: "p".into(),
             thread: "t".into(),
@@ -496,6 +515,7 @@ mod tests {
             processes: vec![ProcessRow {
                 process: "p".into(),
                 totals: v,
+                hists,
                 ..ProcessRow::default()
             }],
             ..Scrape::default()

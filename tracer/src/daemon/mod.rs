@@ -1,6 +1,8 @@
 //! `tracer daemon`: attaches system-wide and serves Prometheus metrics.
 
+mod budget;
 pub mod config;
+mod histograms;
 mod http;
 pub mod labels;
 pub mod metrics;
@@ -300,7 +302,12 @@ fn harvest(shared: &Shared, tids: &[(u32, u32)], reuse: Reuse) {
             state.exit_of_a_reused_id(tid, exited_tgid, now);
             continue;
         }
-        let last = stats.map(|stats| Values::of_thread(&stats, now_ns, is_python, None));
+        let last = stats.map(|stats| {
+            (
+                Values::of_thread(&stats, now_ns, is_python, None),
+                histograms::Hists::of_thread(&stats),
+            )
+        });
         probes.remove_thread(tid);
         let name = python.names.remove(&tid);
         state.thread_exited(tid, last, name.as_deref(), now, &config.1);
@@ -334,8 +341,8 @@ fn reload(args: &Args, shared: &Shared) {
             if config.futex_waits != current.0.futex_waits {
                 eprintln!("tracer: futex_waits changes only on restart");
             }
-            // Processes are named again under the new rules; live threads join the series
-            // of their new names at the next scrape.
+            // Processes are named again under the new rules; live threads whose process or
+            // label changed join the series of their new names at the next scrape.
             let mut state = shared.state.lock().expect("state lock");
             let leaders: Vec<(u32, String)> = state
                 .process_names
@@ -347,9 +354,9 @@ fn reload(args: &Args, shared: &Shared) {
                     .process_names
                     .insert(tgid, process_name(&compiled, tgid, &comm));
             }
-            for thread in state.threads.values_mut() {
-                thread.series = None;
-            }
+            let python = shared.python.lock().expect("python lock");
+            state.keep_series_unless_renamed(&compiled, &python.names);
+            drop(python);
             drop(state);
             *current = (config, compiled);
             eprintln!("tracer: configuration reloaded");
@@ -375,14 +382,20 @@ impl Shared {
         let probes = self.probes.lock().expect("probes lock");
         let mut state = self.state.lock().expect("state lock");
         let python = self.python.lock().expect("python lock");
-        let mut series: state::FastMap<state::SeriesKey, Values> = state::FastMap::default();
+        let mut series: state::FastMap<state::SeriesKey, Values> =
+            state::FastMap::with_capacity_and_hasher(state.threads.len(), Default::default());
+        // Histograms by thread group id, of every thread in the map.
+        let mut hists: state::FastMap<u32, histograms::Hists> = state::FastMap::default();
         // The threads on a CPU now: their CPU time since their last switch out is the kernel's.
         let running: Vec<(u32, (u64, u64))> = probes
             .threads_on_cpu()
             .into_iter()
             .filter_map(|tid| Some((tid, procfs::schedstat(tid)?)))
             .collect();
-        let mut in_map: state::FastMap<u32, ()> = state::FastMap::default();
+        let mut in_map: state::FastMap<u32, ()> =
+            state::FastMap::with_capacity_and_hasher(state.threads.len(), Default::default());
+        // Threads not yet in a series, admitted to theirs once all are known.
+        let mut pending: Vec<budget::Pending<'_>> = Vec::new();
         probes.for_each_thread(|tid, stats| {
             in_map.insert(tid, ());
             let is_python = python.processes.contains(&stats.tgid);
@@ -390,6 +403,7 @@ impl Shared {
             let values = Values::of_thread(stats, now_ns, is_python, now);
             // The common case: a known thread already assigned to its series.
             if let Some(key) = state.threads.get(&tid).and_then(|t| t.series.as_ref()) {
+                hists.entry(stats.tgid).or_default().add_thread(stats);
                 match series.get_mut(key) {
                     Some(total) => total.add(&values),
                     None => {
@@ -409,33 +423,43 @@ impl Shared {
                 });
                 state.add_thread(tid, tgid, comm);
             }
+            hists.entry(stats.tgid).or_default().add_thread(stats);
             let name = python.names.get(&tid).map(String::as_str);
-            if let Some(key) = state.series_of_thread(tid, name, rules) {
-                series.entry(key).or_default().add(&values);
-            }
+            pending.push(budget::Pending { tid, name, values });
         });
         // Threads that have not left a CPU since the attach (asleep all along, an idle pool,
         // a deadlocked pair) have no entry in the kernel map: they are in their series too,
         // with nothing counted since the attach.
-        let idle: Vec<u32> = state
-            .threads
-            .keys()
-            .copied()
-            .filter(|tid| !in_map.contains_key(tid))
-            .collect();
-        for tid in idle {
-            let tgid = state.threads[&tid].tgid;
-            let name = python.names.get(&tid).map(String::as_str);
-            if let Some(key) = state.series_of_thread(tid, name, rules) {
-                let values = series.entry(key).or_default();
-                values.python |= u64::from(python.processes.contains(&tgid));
+        for (&tid, thread) in &state.threads {
+            if in_map.contains_key(&tid) {
+                continue;
+            }
+            let values = Values {
+                python: u64::from(python.processes.contains(&thread.tgid)),
+                ..Values::default()
+            };
+            match &thread.series {
+                Some(key) => series.entry(key.clone()).or_default().add(&values),
+                None => {
+                    let name = python.names.get(&tid).map(String::as_str);
+                    pending.push(budget::Pending { tid, name, values });
+                }
             }
         }
+        for (key, values) in state.admit(pending, rules) {
+            series.entry(key).or_default().add(&values);
+        }
         state.finish_scrape(&mut series);
+        let mut hists = state.finish_hists(hists);
         // A process's run-queue and futex waits: those of all its series as exported.
-        let mut totals: HashMap<String, Values> = HashMap::new();
+        let mut totals: HashMap<&str, Values> = HashMap::new();
         for (key, values) in &series {
-            totals.entry(key.process.clone()).or_default().add(values);
+            match totals.get_mut(key.process.as_str()) {
+                Some(total) => total.add(values),
+                None => {
+                    totals.insert(&key.process, values.clone());
+                }
+            }
         }
         let mut alive: HashMap<&str, u64> = HashMap::new();
         for t in state.threads.values() {
@@ -452,7 +476,8 @@ impl Shared {
                 threads_alive: alive.get(name.as_str()).copied().unwrap_or(n),
                 threads_created: state.processes.get(&name).map_or(0, |c| c.threads_created),
                 threads_exited: state.processes.get(&name).map_or(0, |c| c.threads_exited),
-                totals: totals.remove(&name).unwrap_or_default(),
+                totals: totals.remove(name.as_str()).unwrap_or_default(),
+                hists: hists.remove(&name).unwrap_or_default(),
                 process: name,
             })
             .collect();

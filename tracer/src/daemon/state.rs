@@ -9,9 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::thread::{Counts, HISTOGRAM_BUCKETS, ThreadStats, state};
+use tracer_common::thread::{Counts, ThreadStats, state};
 
-use super::config::Compiled;
+use super::{config::Compiled, histograms::Hists};
 use crate::capture::summary::Counters;
 
 /// FNV-1a: much cheaper than the default hasher for the short keys hashed on every scrape
@@ -51,41 +51,22 @@ pub struct SeriesKey {
     pub thread: String,
 }
 
-/// Everything counted for one series (or one thread).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The counters of one series (or one thread); its histograms count in its process's
+/// ([`super::histograms::Hists`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Values {
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
     pub on_cpu_ns: u64,
     pub runqueue_wait_ns: u64,
     pub runqueue_waits: u64,
-    /// Futex waits: always the sum of `futex_hist`, so that a process's histogram counts
-    /// exactly the waits of its thread series.
+    /// Futex waits: a thread's is the sum of its futex histogram, so that a process's
+    /// histogram counts exactly the waits of its thread series.
     pub futex_waits: u64,
     pub futex_wait_ns: u64,
     pub gil_wait_ns: u64,
     /// Non-zero when the series has threads of a CPython process.
     pub python: u64,
-    pub runqueue_hist: [u64; HISTOGRAM_BUCKETS],
-    pub futex_hist: [u64; HISTOGRAM_BUCKETS],
-}
-
-impl Default for Values {
-    fn default() -> Self {
-        Self {
-            voluntary_switches: 0,
-            involuntary_switches: 0,
-            on_cpu_ns: 0,
-            runqueue_wait_ns: 0,
-            runqueue_waits: 0,
-            futex_waits: 0,
-            futex_wait_ns: 0,
-            gil_wait_ns: 0,
-            python: 0,
-            runqueue_hist: [0; HISTOGRAM_BUCKETS],
-            futex_hist: [0; HISTOGRAM_BUCKETS],
-        }
-    }
 }
 
 impl Values {
@@ -117,8 +98,6 @@ impl Values {
             futex_wait_ns: c.futex_wait_ns,
             gil_wait_ns: stats.gil_wait_ns,
             python: u64::from(python),
-            runqueue_hist: stats.runqueue_hist.map(u64::from),
-            futex_hist: stats.futex_hist.map(u64::from),
         }
     }
 
@@ -136,12 +115,6 @@ impl Values {
             (&mut self.python, other.python),
         ] {
             *a = op(*a, b);
-        }
-        for (a, b) in self.runqueue_hist.iter_mut().zip(&other.runqueue_hist) {
-            *a = op(*a, *b);
-        }
-        for (a, b) in self.futex_hist.iter_mut().zip(&other.futex_hist) {
-            *a = op(*a, *b);
         }
     }
 
@@ -200,12 +173,22 @@ pub struct State {
     /// Names of thread group leaders, by tgid.
     pub process_names: HashMap<u32, String>,
     pub processes: HashMap<String, ProcessCounts>,
-    /// Thread labels admitted per process (at most the cap).
-    admitted: HashMap<String, HashSet<String>>,
+    /// Thread labels admitted per process (at most the cap), `other` not among them.
+    pub(super) admitted: HashMap<String, HashSet<String>>,
+    /// Processes that have a `thread="other"` series.
+    pub(super) other: HashSet<String>,
+    /// Named thread series each process may have, as the last scrape shared the budget.
+    pub(super) allowance: HashMap<String, usize>,
+    /// The fair level of the last scrape (None before the first).
+    pub(super) level: Option<usize>,
     /// Final values of exited threads, by series, and when a thread of it was last seen.
     retired: FastMap<SeriesKey, (Values, Instant)>,
     /// Values last exported, by series.
     reported: FastMap<SeriesKey, Values>,
+    /// Histograms of exited threads, by process name.
+    pub(super) retired_hists: HashMap<String, Hists>,
+    /// Histograms last exported, by process name.
+    pub(super) reported_hists: HashMap<String, Hists>,
     /// Threads whose series folded into `thread="other"`.
     pub folded: u64,
 }
@@ -265,7 +248,7 @@ impl State {
     pub fn thread_exited(
         &mut self,
         tid: u32,
-        last: Option<Values>,
+        last: Option<(Values, Hists)>,
         name: Option<&str>,
         now: Instant,
         rules: &Compiled,
@@ -280,11 +263,12 @@ impl State {
             counts.threads_exited += 1;
             counts.last_seen = Some(now);
         }
-        if let Some(values) = last {
+        if let Some((values, hists)) = last {
             let key = match thread.series {
                 Some(key) => key,
                 None => self.series_for(&process, name.unwrap_or(&thread.comm), rules),
             };
+            self.retire_hists(&key.process.clone(), &hists);
             let entry = self
                 .retired
                 .entry(key)
@@ -309,46 +293,11 @@ impl State {
         counts.last_seen = Some(now);
     }
 
-    /// The series thread `tid` counts in: the one it was first exported in, or else the one
-    /// its process admits it to by `name` (its Python name; else its kernel name), fixed from
-    /// then on. None when the thread is unknown or its process is not exported.
-    pub fn series_of_thread(
-        &mut self,
-        tid: u32,
-        name: Option<&str>,
-        rules: &Compiled,
-    ) -> Option<SeriesKey> {
-        let thread = self.threads.get(&tid)?;
-        if let Some(key) = &thread.series {
-            return Some(key.clone());
-        }
-        let (tgid, comm) = (thread.tgid, thread.comm.clone());
-        let process = self.process_name(tgid)?.to_owned();
-        if !rules.exports(&process) {
-            return None;
-        }
-        let key = self.series_for(&process, name.unwrap_or(&comm), rules);
-        self.threads.get_mut(&tid)?.series = Some(key.clone());
-        Some(key)
-    }
-
-    /// The series a thread named `name` of `process` counts in, admitting it under the cap.
+    /// The series a thread named `name` of `process` counts in, admitting it under the cap
+    /// and the process's share of the budget.
     pub fn series_for(&mut self, process: &str, name: &str, rules: &Compiled) -> SeriesKey {
         let label = rules.thread_label(process, name);
-        let admitted = self.admitted.entry(process.to_owned()).or_default();
-        let thread = if admitted.contains(&label) {
-            label
-        } else if admitted.len() < rules.max_threads_per_process {
-            admitted.insert(label.clone());
-            label
-        } else {
-            self.folded += 1;
-            OTHER.to_owned()
-        };
-        SeriesKey {
-            process: process.to_owned(),
-            thread,
-        }
+        self.series_for_label(process, label, rules.max_threads_per_process)
     }
 
     /// Adds the retired values to `live` and clamps every series to what was last exported.
@@ -360,7 +309,6 @@ impl State {
             match self.reported.get_mut(key) {
                 Some(previous) => {
                     values.at_least(previous);
-                    values.futex_waits = values.futex_hist.iter().sum();
                     previous.clone_from(values);
                 }
                 None => {
@@ -388,7 +336,9 @@ impl State {
         for key in expired {
             self.retired.remove(&key);
             self.reported.remove(&key);
-            if let Some(admitted) = self.admitted.get_mut(&key.process) {
+            if key.thread == OTHER {
+                self.other.remove(&key.process);
+            } else if let Some(admitted) = self.admitted.get_mut(&key.process) {
                 admitted.remove(&key.thread);
                 if admitted.is_empty() {
                     self.admitted.remove(&key.process);
@@ -402,6 +352,7 @@ impl State {
                     .last_seen
                     .is_none_or(|seen| now.duration_since(seen) < expiry)
         });
+        self.expire_hists();
     }
 
     /// Number of series that have kept values of exited threads.
@@ -461,7 +412,7 @@ mod tests {
         state.finish_scrape(&mut live);
         assert_eq!(live[&key].voluntary_switches, 5);
         // It exits with 6; scrape 2 shows no live thread but the series keeps 6.
-        state.thread_exited(11, Some(values(6)), None, now, &rules);
+        state.thread_exited(11, Some((values(6), Hists::default())), None, now, &rules);
         let mut live = FastMap::default();
         state.finish_scrape(&mut live);
         assert_eq!(live[&key].voluntary_switches, 6);
@@ -495,7 +446,7 @@ mod tests {
         state.thread_created(21, 20, "old".into(), true, start);
         let key = state.series_for("app", "old", &rules);
         state.threads.get_mut(&21).unwrap().series = Some(key);
-        state.thread_exited(21, Some(values(1)), None, start, &rules);
+        state.thread_exited(21, Some((values(1), Hists::default())), None, start, &rules);
         assert_eq!(state.series_for("app", "new", &rules).thread, OTHER);
         state.expire(start + Duration::from_secs(11), Duration::from_secs(10));
         assert_eq!(state.retired_series(), 0);

@@ -11,6 +11,7 @@
 mod churn;
 mod idle;
 mod mixed;
+mod rounds;
 mod spin;
 mod tokio_runtime;
 mod tracked;
@@ -38,6 +39,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("mixed", mixed::run),
     ("churn", churn::run),
     ("idle", idle::run),
+    ("rounds", rounds::run),
     ("spin", spin::run),
     ("tokio", tokio_runtime::run),
 ];
