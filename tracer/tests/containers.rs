@@ -17,36 +17,16 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use support::{interpreters::*, prom::find, services::*, *};
-
-/// How often the tests scrape while they wait for the daemon to catch up.
-const POLL: Duration = Duration::from_millis(200);
-/// The longest they wait: a bound on a daemon that never gets there, not on its speed.
-const PATIENCE: Duration = Duration::from_secs(120);
 
 /// A container id as containerd reports it (64 hex digits), and its first 12.
 const CONTAINER_ID: &str = "9c0b5e4f3a2d1c0b9a8f7e6d5c4b3a29181716151413121110f0e0d0c0b0a090";
 const CONTAINER: &str = "9c0b5e4f3a2d";
 /// Another pod's container, which no workload runs in.
 const OTHER_ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-/// A CPython service whose thread `worker-main-loop` runs 0.2 s of CPU, prints its id and
-/// blocks until standard input closes.
-const SERVICE: &str = r#"
-import sys, threading, time
-def loop():
-    end = time.thread_time() + 0.2
-    while time.thread_time() < end:
-        pass
-    print(threading.get_native_id(), flush=True)
-    sys.stdin.read()
-t = threading.Thread(target=loop, name="worker-main-loop")
-t.start()
-t.join()
-"#;
 
 /// The cgroup v2 hierarchy's mount point, from this process's mount table.
 fn cgroup2_root() -> Option<PathBuf> {
@@ -119,30 +99,23 @@ impl Drop for Cgroups {
 /// worker printed.
 fn start_service(dir: &Path, cgroup: Option<&Path>) -> (Child, u32) {
     let script = dir.join("orders_service.py");
-    std::fs::write(&script, SERVICE).unwrap();
+    std::fs::write(&script, PYTHON_SERVICE).unwrap();
     let procs = cgroup.map_or_else(String::new, |c| {
         c.join("cgroup.procs").display().to_string()
     });
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            r#"if [ -n "$1" ]; then echo $$ > "$1" || exit 1; fi; exec "$2" "$3""#,
-            "sh",
-            &procs,
-        ])
-        .arg(python())
-        .arg(&script)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (child, line) = start_until_first_line(
+        Command::new("sh")
+            .args([
+                "-c",
+                r#"if [ -n "$1" ]; then echo $$ > "$1" || exit 1; fi; exec "$2" "$3""#,
+                "sh",
+                &procs,
+            ])
+            .arg(python())
+            .arg(&script)
+            .current_dir(dir)
+            .stdin(Stdio::piped()),
+    );
     let tid = line
         .trim()
         .parse()
@@ -154,17 +127,6 @@ fn start_service(dir: &Path, cgroup: Option<&Path>) -> (Child, u32) {
 fn stop_service(mut child: Child) {
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
-}
-
-/// The CPU time the kernel counts for thread `tid`, in seconds.
-fn cpu_of(tid: u32) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap();
-    text.split_whitespace()
-        .next()
-        .unwrap()
-        .parse::<f64>()
-        .unwrap()
-        / 1e9
 }
 
 /// The daemon with `labels` on.
@@ -248,7 +210,7 @@ fn units_and_containers_tell_processes_of_one_name_apart() {
     };
     for (place, child, tid) in &services {
         let cpu = series_of(&samples, "tracer_thread_cpu_seconds_total", place);
-        let want = cpu_of(*tid);
+        let want = cpu_seconds_of(*tid);
         assert!(
             cpu.len() == 1 && (cpu[0] - want).abs() <= 0.002f64.max(want * 0.05),
             "{place}: worker-main-loop series {cpu:?} s, the kernel counts {want} s"

@@ -11,32 +11,13 @@ use std::{
 
 use support::{
     prom::{find, value},
+    services::{PYTHON_SERVICE, cpu_seconds_of, start_until_first_line},
     *,
 };
 
-/// How often the tests scrape while they wait for the daemon to catch up.
-const POLL: Duration = Duration::from_millis(200);
-/// The longest they wait: a bound on a daemon that never gets there, not on its speed.
-const PATIENCE: Duration = Duration::from_secs(120);
-
-/// The samples of the first scrape in which process `process` has at least `exits` thread
-/// exits counted: by then their threads' last counts are in their series (the daemon moves
-/// them there when it counts the exit). After `PATIENCE`, the last scrape, for the test's
-/// assertions to report.
+/// The samples of [`Daemon::text_after_exits`].
 fn samples_after_exits(daemon: &Daemon, process: &str, exits: usize) -> Vec<support::prom::Sample> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        std::thread::sleep(POLL);
-        let samples = daemon.samples();
-        let exited = value(
-            &samples,
-            "tracer_threads_exited_total",
-            &[("process", process)],
-        );
-        if exited >= exits as f64 || Instant::now() > deadline {
-            return samples;
-        }
-    }
+    support::prom::parse(&daemon.text_after_exits(process, exits))
 }
 
 /// Runs the Rust workload's `mixed` scenario (as a process of its own name, from `dir`) to
@@ -78,21 +59,6 @@ fn steal_seconds() -> f64 {
         .parse::<f64>()
         .unwrap()
         / 100.0
-}
-
-/// Starts `command` with its stdout piped and returns once it has written its first line.
-fn start_until_first_line(command: &mut Command) -> (std::process::Child, String) {
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    (child, line)
 }
 
 #[test]
@@ -236,15 +202,7 @@ fn cpu_time_of_a_thread_on_its_cpu_is_current() {
             .env("TRACER_SPIN_SECS", "3"),
     );
     let tid: u32 = line.trim().strip_prefix("spin ").unwrap().parse().unwrap();
-    let kernel_cpu = || {
-        let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap();
-        text.split_whitespace()
-            .next()
-            .unwrap()
-            .parse::<f64>()
-            .unwrap()
-            / 1e9
-    };
+    let kernel_cpu = || cpu_seconds_of(tid);
     std::thread::sleep(Duration::from_millis(1500));
     let before = kernel_cpu();
     let samples = daemon.samples();
@@ -338,21 +296,6 @@ t.join()
     );
 }
 
-/// A service: a thread named `worker-main-loop` runs 0.2 s of CPU, prints its id and blocks
-/// until its standard input closes.
-const SERVICE: &str = r#"
-import sys, threading, time
-def loop():
-    end = time.thread_time() + 0.2
-    while time.thread_time() < end:
-        pass
-    print(threading.get_native_id(), flush=True)
-    sys.stdin.read()
-t = threading.Thread(target=loop, name="worker-main-loop")
-t.start()
-t.join()
-"#;
-
 /// Two CPython services with a thread of the same name are two processes, by their script
 /// and module; kernel threads are one, `kernel`, by their names without the changing part;
 /// a `[[process_names]]` rule names from the command line, and a reload renames.
@@ -368,10 +311,10 @@ fn services_are_told_apart_by_script_module_and_rule() {
     };
     std::fs::write(&config, rule("tenant-{tenant}")).unwrap();
     let daemon = Daemon::start(&["--config", config.to_str().unwrap()], &[]);
-    std::fs::write(dir.path().join("orders_service.py"), SERVICE).unwrap();
+    std::fs::write(dir.path().join("orders_service.py"), PYTHON_SERVICE).unwrap();
     std::fs::create_dir(dir.path().join("billing")).unwrap();
     std::fs::write(dir.path().join("billing/__init__.py"), "").unwrap();
-    std::fs::write(dir.path().join("billing/jobs.py"), SERVICE).unwrap();
+    std::fs::write(dir.path().join("billing/jobs.py"), PYTHON_SERVICE).unwrap();
     let start = |args: &[&str]| {
         let (child, line) = start_until_first_line(
             Command::new(python())
@@ -390,15 +333,6 @@ fn services_are_told_apart_by_script_module_and_rule() {
             start(&["orders_service.py", "--tenant=acme"]),
         ),
     ];
-    let cpu_of = |tid: u32| {
-        let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap();
-        text.split_whitespace()
-            .next()
-            .unwrap()
-            .parse::<f64>()
-            .unwrap()
-            / 1e9
-    };
     let worker = |samples: &[support::prom::Sample], process: &str| {
         find(
             samples,
@@ -419,7 +353,7 @@ fn services_are_told_apart_by_script_module_and_rule() {
         }
     };
     for (process, (_, tid)) in &services {
-        let (got, want) = (worker(&samples, process), cpu_of(*tid));
+        let (got, want) = (worker(&samples, process), cpu_seconds_of(*tid));
         assert!(
             got.is_some_and(|got| (got - want).abs() <= 0.002f64.max(want * 0.05)),
             "{process}: worker-main-loop {got:?} s in its series, {want} s by the kernel"

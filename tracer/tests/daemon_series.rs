@@ -11,34 +11,10 @@ use std::{
 
 use support::{prom::value, *};
 
-/// How often the tests scrape while they wait for the daemon to catch up.
-const POLL: Duration = Duration::from_millis(200);
-/// The longest they wait: a bound on a daemon that never gets there, not on its speed.
-const PATIENCE: Duration = Duration::from_secs(120);
-
 /// A sample's value in integer units of `1e-9` (nanoseconds for seconds): the daemon writes
 /// at most nine decimals, so this is exact, and sums of it are too.
 fn nanos(value: f64) -> u64 {
     (value * 1e9).round() as u64
-}
-
-/// The text of the first scrape in which `process` has at least `exits` thread exits
-/// counted (their last counts are then in their series); after `PATIENCE`, the last one.
-fn text_after_exits(daemon: &Daemon, process: &str, exits: usize) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        std::thread::sleep(POLL);
-        let text = prom::scrape(&daemon.addr);
-        let samples = prom::parse(&text);
-        let exited = value(
-            &samples,
-            "tracer_threads_exited_total",
-            &[("process", process)],
-        );
-        if exited >= exits as f64 || Instant::now() > deadline {
-            return text;
-        }
-    }
 }
 
 /// Every process's `tracer_futex_wait_seconds` counts exactly the waits and the time of its
@@ -61,7 +37,7 @@ fn futex_histogram_of_a_process_sums_its_thread_counters() {
     assert!(status.success());
     let truth = read_json(&truth_path);
     let threads = truth["threads"].as_array().unwrap();
-    let text = text_after_exits(&daemon, &process, threads.len() - 1);
+    let text = daemon.text_after_exits(&process, threads.len() - 1);
 
     let histograms: Vec<&str> = text
         .lines()

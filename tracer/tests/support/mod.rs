@@ -221,6 +221,11 @@ pub fn wait_with_limit(child: &mut Child, limit: Duration) -> std::process::Exit
 }
 
 /// A running `tracer daemon` on a free port, stopped with SIGTERM when dropped.
+/// How often the daemon tests scrape while they wait for the daemon to catch up.
+pub const POLL: Duration = Duration::from_millis(200);
+/// The longest they wait: a bound on a daemon that never gets there, not on its speed.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
 pub struct Daemon {
     pub child: Child,
     pub addr: String,
@@ -271,6 +276,26 @@ impl Daemon {
     /// Parsed samples of one scrape.
     pub fn samples(&self) -> Vec<prom::Sample> {
         prom::parse(&prom::scrape(&self.addr))
+    }
+
+    /// The text of the first scrape in which process `process` has at least `exits` thread
+    /// exits counted: by then their threads' last counts are in their series (the daemon
+    /// moves them there when it counts the exit). After [`PATIENCE`], the last scrape, for
+    /// the test's assertions to report.
+    pub fn text_after_exits(&self, process: &str, exits: usize) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            std::thread::sleep(POLL);
+            let text = prom::scrape(&self.addr);
+            let exited = prom::value(
+                &prom::parse(&text),
+                "tracer_threads_exited_total",
+                &[("process", process)],
+            );
+            if exited >= exits as f64 || Instant::now() > deadline {
+                return text;
+            }
+        }
     }
 
     /// Resident memory of the daemon, in KiB.

@@ -227,3 +227,41 @@ pub fn query(prometheus: SocketAddr, expr: &str) -> Result<Vec<Value>, String> {
         .cloned()
         .unwrap_or_default())
 }
+
+/// A CPython service whose thread `worker-main-loop` runs 0.2 s of CPU, prints its id and
+/// blocks until standard input closes.
+pub const PYTHON_SERVICE: &str = r#"
+import sys, threading, time
+def loop():
+    end = time.thread_time() + 0.2
+    while time.thread_time() < end:
+        pass
+    print(threading.get_native_id(), flush=True)
+    sys.stdin.read()
+t = threading.Thread(target=loop, name="worker-main-loop")
+t.start()
+t.join()
+"#;
+
+/// The CPU time the kernel counts for thread `tid`, in seconds.
+pub fn cpu_seconds_of(tid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap();
+    text.split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        / 1e9
+}
+
+/// Starts `command` with its stdout piped and returns once it has written its first line.
+pub fn start_until_first_line(command: &mut Command) -> (Child, String) {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (child, line)
+}
