@@ -45,8 +45,10 @@ const STREAMED: [EventKind; 3] = [
 /// that its final switch is in them.
 const HARVEST_DELAY: Duration = Duration::from_millis(200);
 /// How often the daemon drains its (lifecycle-only, so sparse) ring buffer; the programs
-/// wake it sooner when the buffer fills.
-const LIFECYCLE_DRAIN: Duration = Duration::from_millis(250);
+/// wake it sooner when the buffer fills. A process is named from `/proc` when its exec is
+/// drained, so this bounds how briefly a process may run after its exec and still be named
+/// by its command line (a busy machine stretches it).
+const LIFECYCLE_DRAIN: Duration = Duration::from_millis(50);
 
 /// How often threads that exited unseen (lost events) are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
