@@ -1,5 +1,6 @@
 //! `tracer daemon`: attaches system-wide and serves Prometheus metrics.
 
+mod blocked;
 pub mod config;
 mod http;
 pub mod labels;
@@ -64,6 +65,8 @@ pub struct Shared {
     state: Mutex<State>,
     config: RwLock<(Config, Compiled)>,
     last_scrape: Mutex<Duration>,
+    /// Threads' switches out as the scrapes saw them, for `tracer_thread_blocked_seconds`.
+    sleepers: Mutex<blocked::Sleepers>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -93,6 +96,7 @@ async fn serve(args: Args, config: Config) -> Result<()> {
     })?;
     let ring = probes.take_events()?;
     probes.attach()?;
+    let attach_ns = monotonic_ns();
     let mut state = State::default();
     for (tid, tgid, comm) in procfs::all_threads() {
         if tid == tgid {
@@ -115,6 +119,7 @@ async fn serve(args: Args, config: Config) -> Result<()> {
         state: Mutex::new(state),
         config: RwLock::new((config, compiled)),
         last_scrape: Mutex::new(Duration::ZERO),
+        sleepers: Mutex::new(blocked::Sleepers::new(attach_ns)),
     });
     // Signals are handled from here on: one that came between READY and the event loop
     // would otherwise end the daemon with the default action.
@@ -374,8 +379,13 @@ impl Shared {
             .filter_map(|tid| Some((tid, procfs::schedstat(tid)?)))
             .collect();
         let mut in_map: state::FastMap<u32, ()> = state::FastMap::default();
+        let mut sleepers = self.sleepers.lock().expect("sleepers lock");
+        sleepers.begin();
+        // Each thread with since when it has not been switched out, at the latest.
+        let mut unswitched: Vec<(u32, u64)> = Vec::new();
         probes.for_each_thread(|tid, stats| {
             in_map.insert(tid, ());
+            unswitched.push((tid, sleepers.note(tid, Some(stats), now_ns)));
             let is_python = python.processes.contains(&stats.tgid);
             let now = running.iter().find(|(t, _)| *t == tid).map(|(_, now)| *now);
             let values = Values::of_thread(stats, now_ns, is_python, now);
@@ -415,6 +425,7 @@ impl Shared {
             .filter(|tid| !in_map.contains_key(tid))
             .collect();
         for tid in idle {
+            unswitched.push((tid, sleepers.note(tid, None, now_ns)));
             let tgid = state.threads[&tid].tgid;
             let name = python.names.get(&tid).map(String::as_str);
             if let Some(key) = state.series_of_thread(tid, name, rules) {
@@ -422,6 +433,13 @@ impl Shared {
                 values.python |= u64::from(python.processes.contains(&tgid));
             }
         }
+        sleepers.finish(now_ns);
+        drop(sleepers);
+        let on_cpu: Vec<u32> = running.iter().map(|&(tid, _)| tid).collect();
+        let min_ns = u64::try_from(rules.blocked_min.as_nanos()).unwrap_or(u64::MAX);
+        let blocked = blocked::gauges(&unswitched, &on_cpu, now_ns, min_ns, |tid| {
+            state.threads.get(&tid)?.series.clone()
+        });
         state.finish_scrape(&mut series);
         // A process's run-queue and futex waits: those of all its series as exported.
         let mut totals: HashMap<String, Values> = HashMap::new();
@@ -470,6 +488,7 @@ impl Shared {
                 Vec::new()
             },
             bpf_stats_enabled,
+            blocked,
         }
     }
 }

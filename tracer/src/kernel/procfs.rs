@@ -144,6 +144,18 @@ pub fn schedstat(tid: u32) -> Option<(u64, u64)> {
     Some((fields.next()?.ok()?, fields.next()?.ok()?))
 }
 
+/// Whether thread `tid` is asleep now, as the kernel shows it in `/proc/TID/stat`: `S`
+/// (interruptible), `D` (uninterruptible) or `I` (idle kernel thread).
+pub fn thread_is_asleep(tid: u32) -> bool {
+    fs::read_to_string(process_dir(tid).join("stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.trim_start().chars().next()
+        })
+        .is_some_and(|state| matches!(state, 'S' | 'D' | 'I'))
+}
+
 /// Thread group and name of thread `tid`, if it exists.
 pub fn thread_identity(tid: u32) -> Option<(u32, String)> {
     let tgid = thread_group_of(tid).ok()?;
