@@ -113,23 +113,26 @@ impl Sleepers {
 /// The gauge's values: for each series, the longest any of its threads has been asleep,
 /// among `threads` (`(tid, since_ns)` from [`Sleepers::note`]) asleep for `min_ns` at least at
 /// `now_ns`, not on a CPU (`running`), and asleep as the kernel shows them (`S`, `D`, `I`:
-/// read only for those). `series` gives a thread's series, if it is exported.
+/// read only for those). `series` gives a thread's process id and series, if it is exported.
 pub fn gauges(
     threads: &[(u32, u64)],
     running: &[u32],
     now_ns: u64,
     min_ns: u64,
-    series: impl Fn(u32) -> Option<SeriesKey>,
+    series: impl Fn(u32) -> Option<(u32, SeriesKey)>,
 ) -> FastMap<SeriesKey, u64> {
     let mut gauges = FastMap::default();
     for &(tid, since_ns) in threads {
         let asleep_ns = now_ns.saturating_sub(since_ns);
-        if asleep_ns < min_ns || running.contains(&tid) || !procfs::thread_is_asleep(tid) {
+        if asleep_ns < min_ns || running.contains(&tid) {
             continue;
         }
-        let Some(key) = series(tid) else {
+        let Some((tgid, key)) = series(tid) else {
             continue;
         };
+        if !procfs::thread_is_asleep(tgid, tid) {
+            continue;
+        }
         let longest = gauges.entry(key).or_insert(0);
         *longest = asleep_ns.max(*longest);
     }
@@ -206,11 +209,15 @@ mod tests {
     fn only_threads_asleep_long_enough_and_off_every_cpu_have_a_gauge() {
         // This thread is running: it reads its own state.
         let me = current_tid();
+        let pid = std::process::id();
         let key = |_| {
-            Some(SeriesKey {
-                process: "p".into(),
-                thread: "t".into(),
-            })
+            Some((
+                pid,
+                SeriesKey {
+                    process: "p".into(),
+                    thread: "t".into(),
+                },
+            ))
         };
         assert!(gauges(&[(me, 0)], &[], 10_000, 10, key).is_empty());
         assert!(gauges(&[(me, 0)], &[me], 10_000, 10, key).is_empty());
@@ -222,7 +229,7 @@ mod tests {
             rx.recv().unwrap();
         });
         let tid = tid_rx.recv().unwrap();
-        while !procfs::thread_is_asleep(tid) {
+        while !procfs::thread_is_asleep(pid, tid) {
             std::thread::yield_now();
         }
         let found = gauges(&[(tid, 4_000)], &[], 10_000, 5_000, key);

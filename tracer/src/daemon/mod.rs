@@ -438,7 +438,8 @@ impl Shared {
         let on_cpu: Vec<u32> = running.iter().map(|&(tid, _)| tid).collect();
         let min_ns = u64::try_from(rules.blocked_min.as_nanos()).unwrap_or(u64::MAX);
         let blocked = blocked::gauges(&unswitched, &on_cpu, now_ns, min_ns, |tid| {
-            state.threads.get(&tid)?.series.clone()
+            let thread = state.threads.get(&tid)?;
+            Some((thread.tgid, thread.series.clone()?))
         });
         state.finish_scrape(&mut series);
         // A process's run-queue and futex waits: those of all its series as exported.

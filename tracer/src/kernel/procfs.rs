@@ -144,16 +144,22 @@ pub fn schedstat(tid: u32) -> Option<(u64, u64)> {
     Some((fields.next()?.ok()?, fields.next()?.ok()?))
 }
 
-/// Whether thread `tid` is asleep now, as the kernel shows it in `/proc/TID/stat`: `S`
-/// (interruptible), `D` (uninterruptible) or `I` (idle kernel thread).
-pub fn thread_is_asleep(tid: u32) -> bool {
-    fs::read_to_string(process_dir(tid).join("stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.trim_start().chars().next()
-        })
-        .is_some_and(|state| matches!(state, 'S' | 'D' | 'I'))
+/// Whether thread `tid` of process `pid` is asleep now, as the kernel shows it in
+/// `/proc/PID/task/TID/stat`: `S` (interruptible), `D` (uninterruptible) or `I` (idle kernel
+/// thread). (Not `/proc/TID/stat`, which sums over every thread of the process.)
+pub fn thread_is_asleep(pid: u32, tid: u32) -> bool {
+    fs::read_to_string(
+        process_dir(pid)
+            .join("task")
+            .join(tid.to_string())
+            .join("stat"),
+    )
+    .ok()
+    .and_then(|stat| {
+        let (_, rest) = stat.rsplit_once(')')?;
+        rest.trim_start().chars().next()
+    })
+    .is_some_and(|state| matches!(state, 'S' | 'D' | 'I'))
 }
 
 /// Thread group and name of thread `tid`, if it exists.
