@@ -1,6 +1,6 @@
 //! The Grafana dashboards in `dashboards/`: each is importable as it is, and every query of
 //! every panel returns data from a real Prometheus scraping a real `tracer daemon` while
-//! the bundled Rust and Python workloads run.
+//! the bundled Rust and Python workloads run, with a heartbeat thread stopped meanwhile.
 
 mod support;
 
@@ -23,7 +23,10 @@ const SUBSTITUTIONS: [(&str, &str); 9] = [
     ("$instance", ".*"),
     ("$unit", ".*"),
     ("$container", ".*"),
-    ("$process", "thread-workload|lock_counter|io_vs_cpu"),
+    (
+        "$process",
+        "thread-workload|lock_counter|io_vs_cpu|heartbeat",
+    ),
     ("$thread", ".*"),
     ("$datasource", "prometheus"),
 ];
@@ -208,13 +211,35 @@ fn every_panel_has_data() {
     // Thread names of other programs named like the workloads never crowd the workloads'
     // own out of their series.
     let config = dir.path().join("tracer.toml");
-    std::fs::write(&config, "max_threads_per_process = 100000\n").unwrap();
+    // A thread asleep for a second is in tracer_thread_blocked_seconds.
+    std::fs::write(
+        &config,
+        "max_threads_per_process = 100000\nblocked_min_secs = 1\n",
+    )
+    .unwrap();
     let mut daemon = start_daemon(
         dir.path(),
         daemon_port,
         &["--config", config.to_str().unwrap()],
     );
     let (mut prometheus, api) = start_prometheus(dir.path(), &[localhost(daemon_port)]);
+
+    // A heartbeat that stops at once and stays stopped while the others run: its thread is
+    // blocked from then on.
+    let mut heartbeat = Command::new(python())
+        .arg(python_workload("heartbeat.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running heartbeat.py");
+    {
+        use std::io::{BufRead as _, Write as _};
+        let mut lines = std::io::BufReader::new(heartbeat.stdout.take().unwrap()).lines();
+        lines.next().expect("heartbeat.py's thread ids").unwrap();
+        writeln!(heartbeat.stdin.as_mut().unwrap(), "stop").unwrap();
+        let stopped = lines.next().expect("heartbeat.py stopped").unwrap();
+        assert!(stopped.starts_with("stopped "), "{stopped}");
+    }
 
     // The workloads, one after the other, while Prometheus scrapes.
     let rust = Command::new(rust_workload())
@@ -325,6 +350,8 @@ fn every_panel_has_data() {
     for note in &notes {
         eprintln!("expected while the family is not exported: {note}");
     }
+    let _ = heartbeat.kill();
+    let _ = heartbeat.wait();
     daemon.assert_alive();
     prometheus.assert_alive();
     assert!(

@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result, bail};
 /// Debian packages: the eBPF-capable toolchain, LLVM for bpf-linker, the Python the
 /// workloads run on, and for the deployment tests Prometheus (run by the tests themselves,
 /// not as a service) and systemd (`systemd-analyze verify`, and a service manager to run
-/// the unit under).
-const PACKAGES: [&str; 10] = [
+/// the unit under), and `gcc` for the C workloads (`cc`).
+const PACKAGES: [&str; 11] = [
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
@@ -22,6 +22,7 @@ const PACKAGES: [&str; 10] = [
     "python3",
     "prometheus",
     "systemd",
+    "gcc",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

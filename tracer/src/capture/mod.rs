@@ -1,5 +1,6 @@
 //! What a capture collects: decoded events, the table of threads, and its outputs.
 
+pub mod blocked;
 pub mod events;
 pub mod jsonl;
 pub mod perfetto;

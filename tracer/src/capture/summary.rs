@@ -26,6 +26,9 @@ pub struct Summary {
     /// `lost_events` by event kind (`switch`, `waking`, ...), the kinds with losses only.
     pub lost_events_by_kind: BTreeMap<&'static str, u64>,
     pub threads: Vec<ThreadSummary>,
+    /// Cycles of threads blocked at the end, each waiting for the next (`waiting_for_tid`),
+    /// from its smallest tid.
+    pub deadlocks: Vec<Vec<u32>>,
 }
 
 /// One thread of a capture. Counters cover the capture only.
@@ -48,6 +51,10 @@ pub struct ThreadSummary {
     pub futex_waits: u64,
     pub futex_wait_ns: u64,
     pub gil_wait_ns: Option<u64>,
+    /// How long the thread had been asleep when the capture ended; None when it was not.
+    pub blocked_ns: Option<u64>,
+    /// The thread owning the lock it was blocked acquiring at the end, where known.
+    pub waiting_for_tid: Option<u32>,
 }
 
 /// What the kernel side counted for a thread, with the time since its last state change
@@ -143,6 +150,8 @@ impl ThreadSummary {
             futex_waits: counters.futex_waits,
             futex_wait_ns: counters.futex_wait_ns,
             gil_wait_ns: None,
+            blocked_ns: None,
+            waiting_for_tid: None,
         }
     }
 }

@@ -39,7 +39,7 @@ pub fn render(summary: &Summary) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>8} {:<24} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>7} {:>10}",
+        "{:>8} {:<24} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>9}",
         "TID",
         "NAME",
         "PARENT",
@@ -49,19 +49,18 @@ pub fn render(summary: &Summary) -> String {
         "RUNQ ms",
         "OFFCPU ms",
         "FUTEX",
-        "FUTEX ms"
+        "FUTEX ms",
+        "BLOCKED s",
+        "WAITS FOR"
     );
     for t in &summary.threads {
-        let mut name = printable(&t.name);
-        if name.chars().count() > 24 {
-            name = name.chars().take(23).collect::<String>() + "…";
-        }
+        let name = short_name(&t.name);
         let parent = t
             .parent_tid
             .map_or_else(|| "-".to_owned(), |p| p.to_string());
         let _ = writeln!(
             out,
-            "{:>8} {:<24} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>7} {:>10}",
+            "{:>8} {:<24} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>9}",
             t.tid,
             name,
             parent,
@@ -72,14 +71,88 @@ pub fn render(summary: &Summary) -> String {
             ms(t.off_cpu_ns),
             t.futex_waits,
             ms(t.futex_wait_ns),
+            t.blocked_ns
+                .map_or_else(|| "-".to_owned(), |ns| format!("{:.3}", ns as f64 / 1e9)),
+            t.waiting_for_tid
+                .map_or_else(|| "-".to_owned(), |tid| tid.to_string()),
         );
     }
+    for cycle in &summary.deadlocks {
+        let _ = writeln!(out, "deadlock: {}", describe_cycle(summary, cycle));
+    }
     out
+}
+
+/// A thread name for a table cell: printable, at most 24 characters.
+fn short_name(name: &str) -> String {
+    let name = printable(name);
+    if name.chars().count() > 24 {
+        name.chars().take(23).collect::<String>() + "…"
+    } else {
+        name
+    }
+}
+
+/// A deadlock by thread names, each waiting for the next, back to the first:
+/// `a (1201) -> b (1202) -> a (1201)`.
+fn describe_cycle(summary: &Summary, cycle: &[u32]) -> String {
+    let named = |tid: &u32| {
+        let name = summary
+            .threads
+            .iter()
+            .find(|t| t.tid == *tid)
+            .map_or_else(String::new, |t| printable(&t.name));
+        format!("{name} ({tid})")
+    };
+    cycle
+        .iter()
+        .chain(cycle.first())
+        .map(named)
+        .collect::<Vec<_>>()
+        .join(" -> ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::{
+        summary::{Counters, SCHEMA, ThreadSummary},
+        threads::ThreadTable,
+    };
+
+    #[test]
+    fn blocked_threads_and_deadlocks_are_shown_by_name() {
+        let mut table = ThreadTable::default();
+        table.add_existing(10, 11, "locker-a".into());
+        table.add_existing(10, 12, "locker-b".into());
+        let mut threads: Vec<ThreadSummary> = table
+            .iter()
+            .map(|t| ThreadSummary::new(t, Counters::default()))
+            .collect();
+        threads[0].blocked_ns = Some(2_500_000_000);
+        threads[0].waiting_for_tid = Some(12);
+        threads[1].blocked_ns = Some(2_400_000_000);
+        threads[1].waiting_for_tid = Some(11);
+        let summary = Summary {
+            schema: SCHEMA,
+            pid: 10,
+            command: "deadlock".into(),
+            process: "deadlock".into(),
+            started_ns: 0,
+            duration_ns: 2_000_000_000,
+            lost_events: 0,
+            lost_events_by_kind: Default::default(),
+            threads,
+            deadlocks: vec![vec![11, 12]],
+        };
+        let text = render(&summary);
+        let row = text.lines().find(|l| l.contains("locker-a")).unwrap();
+        assert!(row.ends_with("2.500        12"), "{row}");
+        assert_eq!(
+            text.lines().last(),
+            Some("deadlock: locker-a (11) -> locker-b (12) -> locker-a (11)")
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped() {

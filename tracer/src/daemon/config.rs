@@ -44,6 +44,8 @@ pub struct Config {
     /// not know this architecture's saved registers, by syscall tracepoints, which send
     /// every system call of every thread through the kernel's tracing path while attached.
     pub futex_waits: bool,
+    /// Seconds a thread must have been asleep to be in `tracer_thread_blocked_seconds`.
+    pub blocked_min_secs: u64,
 }
 
 /// Rewrites thread names matching `pattern` (a regular expression) to `replacement`
@@ -106,6 +108,7 @@ impl Default for Config {
             labels: Vec::new(),
             max_traced_threads: 32768,
             futex_waits: true,
+            blocked_min_secs: 10,
         }
     }
 }
@@ -145,6 +148,11 @@ impl Config {
 
     pub fn series_expiry(&self) -> Duration {
         Duration::from_secs(self.series_expiry_secs)
+    }
+
+    /// How long a thread must have been asleep to be in `tracer_thread_blocked_seconds`.
+    pub fn blocked_min(&self) -> Duration {
+        Duration::from_secs(self.blocked_min_secs)
     }
 
     /// Checks the settings and compiles the patterns.
@@ -193,6 +201,7 @@ impl Config {
             labels: self.compile_labels()?,
             max_threads_per_process: self.max_threads_per_process,
             max_series: self.max_series,
+            blocked_min: self.blocked_min(),
         })
     }
 }
@@ -237,6 +246,8 @@ pub struct Compiled {
     pub labels: Labels,
     pub max_threads_per_process: usize,
     pub max_series: usize,
+    /// `blocked_min_secs`.
+    pub blocked_min: Duration,
 }
 
 impl Compiled {

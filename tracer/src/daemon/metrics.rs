@@ -40,6 +40,9 @@ pub struct Scrape {
     /// Program name, run time, run count (present when `kernel.bpf_stats_enabled` is on).
     pub programs: Vec<(String, f64, u64)>,
     pub bpf_stats_enabled: bool,
+    /// Per series asleep for at least `blocked_min_secs`: the longest one of its threads has
+    /// been asleep, in nanoseconds.
+    pub blocked: FastMap<SeriesKey, u64>,
 }
 
 /// One process name's row.
@@ -355,6 +358,7 @@ pub fn render(s: &Scrape) -> String {
             out.line(name, labels, None, Num::Seconds(v.gil_wait_ns));
         }
     }
+    blocked_family(&mut out, &s.blocked);
     if !s.processes.is_empty() {
         let labels: Vec<String> = s
             .processes
@@ -441,6 +445,29 @@ pub fn render(s: &Scrape) -> String {
         }
     }
     out.text
+}
+
+/// `tracer_thread_blocked_seconds`, for the series in `blocked`, labelled as every thread
+/// series.
+fn blocked_family(out: &mut Out, blocked: &FastMap<SeriesKey, u64>) {
+    if blocked.is_empty() {
+        return;
+    }
+    let name = "tracer_thread_blocked_seconds";
+    out.header(
+        name,
+        "gauge",
+        "How long a thread has been asleep (off a CPU and not runnable), for threads asleep at \
+         least blocked_min_secs; the longest of a series' threads.",
+    );
+    for (key, &ns) in blocked {
+        let labels = Out::labels(
+            &labels::label_pairs(&key.process)
+                .chain([("thread", &key.thread[..])])
+                .collect::<Vec<_>>(),
+        );
+        out.line(name, &labels, None, Num::Seconds(ns));
+    }
 }
 
 #[cfg(test)]
@@ -568,14 +595,20 @@ mod tests {
             thread: "t".into(),
         };
         let text = render(&Scrape {
-            series: FastMap::from_iter([(key, Values::default())]),
+            series: FastMap::from_iter([(key.clone(), Values::default())]),
             processes: vec![ProcessRow {
                 process: "p".into(),
                 ..ProcessRow::default()
             }],
             lost: vec![(EventKind::Switch, 0)],
+            blocked: FastMap::from_iter([(key, 12_500_000_000)]),
             ..Scrape::default()
         });
+        assert!(
+            text.lines()
+                .any(|l| l == r#"tracer_thread_blocked_seconds{process="p",thread="t"} 12.5"#),
+            "{text}"
+        );
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
         let mut unique = types.clone();
         unique.dedup();

@@ -1,5 +1,6 @@
 //! `tracer daemon`: attaches system-wide and serves Prometheus metrics.
 
+mod blocked;
 mod budget;
 pub mod config;
 mod histograms;
@@ -68,6 +69,8 @@ pub struct Shared {
     state: Mutex<State>,
     config: RwLock<(Config, Compiled)>,
     last_scrape: Mutex<Duration>,
+    /// Threads' switches out as the scrapes saw them, for `tracer_thread_blocked_seconds`.
+    sleepers: Mutex<blocked::Sleepers>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -97,6 +100,7 @@ async fn serve(args: Args, config: Config) -> Result<()> {
     })?;
     let ring = probes.take_events()?;
     probes.attach()?;
+    let attach_ns = monotonic_ns();
     let mut state = State::default();
     // Threads that exist at the attach are found once, here; later ones by their creation.
     let started = std::time::Instant::now();
@@ -128,6 +132,7 @@ async fn serve(args: Args, config: Config) -> Result<()> {
         state: Mutex::new(state),
         config: RwLock::new((config, compiled)),
         last_scrape: Mutex::new(Duration::ZERO),
+        sleepers: Mutex::new(blocked::Sleepers::new(attach_ns)),
     });
     // Signals are handled from here on: one that came between READY and the event loop
     // would otherwise end the daemon with the default action.
@@ -398,8 +403,13 @@ impl Shared {
             state::FastMap::with_capacity_and_hasher(state.threads.len(), Default::default());
         // Threads not yet in a series, admitted to theirs once all are known.
         let mut pending: Vec<budget::Pending<'_>> = Vec::new();
+        let mut sleepers = self.sleepers.lock().expect("sleepers lock");
+        sleepers.begin();
+        // Each thread with since when it has not been switched out, at the latest.
+        let mut unswitched: Vec<(u32, u64)> = Vec::new();
         probes.for_each_thread(|tid, stats| {
             in_map.insert(tid, ());
+            unswitched.push((tid, sleepers.note(tid, Some(stats), now_ns)));
             let is_python = python.processes.contains(&stats.tgid);
             let now = running.iter().find(|(t, _)| *t == tid).map(|(_, now)| *now);
             let values = Values::of_thread(stats, now_ns, is_python, now);
@@ -436,6 +446,7 @@ impl Shared {
             if in_map.contains_key(&tid) {
                 continue;
             }
+            unswitched.push((tid, sleepers.note(tid, None, now_ns)));
             let values = Values {
                 python: u64::from(python.processes.contains(&thread.tgid)),
                 ..Values::default()
@@ -451,6 +462,14 @@ impl Shared {
         for (key, values) in state.admit(pending, rules) {
             series.entry(key).or_default().add(&values);
         }
+        sleepers.finish(now_ns);
+        drop(sleepers);
+        let on_cpu: Vec<u32> = running.iter().map(|&(tid, _)| tid).collect();
+        let min_ns = u64::try_from(rules.blocked_min.as_nanos()).unwrap_or(u64::MAX);
+        let blocked = blocked::gauges(&unswitched, &on_cpu, now_ns, min_ns, |tid| {
+            let thread = state.threads.get(&tid)?;
+            Some((thread.tgid, thread.series.clone()?))
+        });
         state.finish_scrape(&mut series);
         let mut hists = state.finish_hists(hists);
         // A process's run-queue and futex waits: those of all its series as exported.
@@ -506,6 +525,7 @@ impl Shared {
                 Vec::new()
             },
             bpf_stats_enabled,
+            blocked,
         }
     }
 }

@@ -77,6 +77,32 @@ pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(raw).into_owned())
 }
 
+/// The system call thread `tid` of process `pid` is blocked in, as the kernel shows it in
+/// `/proc/PID/task/TID/syscall` (which needs the right to debug the process): its number
+/// and six arguments. None when it runs, is in no system call, or cannot be read.
+pub fn thread_syscall(pid: u32, tid: u32) -> Option<(u64, [u64; 6])> {
+    let text = fs::read_to_string(
+        process_dir(pid)
+            .join("task")
+            .join(tid.to_string())
+            .join("syscall"),
+    )
+    .ok()?;
+    parse_syscall(&text)
+}
+
+/// `/proc/PID/task/TID/syscall`'s text: `NR ARG1..ARG6 SP PC` (hex arguments), `-1 SP PC`
+/// outside a system call, `running`.
+fn parse_syscall(text: &str) -> Option<(u64, [u64; 6])> {
+    let mut fields = text.split_ascii_whitespace();
+    let nr = fields.next()?.parse().ok()?;
+    let mut args = [0; 6];
+    for arg in &mut args {
+        *arg = u64::from_str_radix(fields.next()?.strip_prefix("0x")?, 16).ok()?;
+    }
+    Some((nr, args))
+}
+
 /// Whether thread `tid` of process `pid` is running or runnable right now (`R` in its stat).
 pub fn thread_is_runnable(pid: u32, tid: u32) -> bool {
     read_text(
@@ -130,6 +156,24 @@ pub fn schedstat(tid: u32) -> Option<(u64, u64)> {
     let text = fs::read_to_string(process_dir(tid).join("schedstat")).ok()?;
     let mut fields = text.split_whitespace().map(str::parse::<u64>);
     Some((fields.next()?.ok()?, fields.next()?.ok()?))
+}
+
+/// Whether thread `tid` of process `pid` is asleep now, as the kernel shows it in
+/// `/proc/PID/task/TID/stat`: `S` (interruptible), `D` (uninterruptible) or `I` (idle kernel
+/// thread). (Not `/proc/TID/stat`, which sums over every thread of the process.)
+pub fn thread_is_asleep(pid: u32, tid: u32) -> bool {
+    fs::read_to_string(
+        process_dir(pid)
+            .join("task")
+            .join(tid.to_string())
+            .join("stat"),
+    )
+    .ok()
+    .and_then(|stat| {
+        let (_, rest) = stat.rsplit_once(')')?;
+        rest.trim_start().chars().next()
+    })
+    .is_some_and(|state| matches!(state, 'S' | 'D' | 'I'))
 }
 
 /// Thread group and name of thread `tid`, if it exists.
@@ -229,5 +273,16 @@ mod tests {
         let missing = 4_194_304 + 17;
         assert!(!process_exists(missing));
         assert!(matches!(threads(missing), Err(Error::NoSuchProcess(p)) if p == missing));
+    }
+
+    #[test]
+    fn syscall_lines_give_the_call_and_its_arguments() {
+        let blocked = "202 0x55d0c0de1040 0x80 0x2 0x0 0x0 0x0 0x7ffc1e0 0x7f3a91\n";
+        assert_eq!(
+            parse_syscall(blocked),
+            Some((202, [0x55d0_c0de_1040, 0x80, 2, 0, 0, 0]))
+        );
+        assert_eq!(parse_syscall("running\n"), None);
+        assert_eq!(parse_syscall("-1 0x7ffc1e0 0x7f3a91\n"), None);
     }
 }

@@ -18,6 +18,7 @@ use tracer_common::{event::EventKind, thread::BORN_TRACED};
 
 use crate::{
     capture::{
+        blocked,
         events::Event,
         jsonl::EventWriter,
         perfetto::TraceWriter,
@@ -29,7 +30,10 @@ use crate::{
     kernel::{monotonic_ns, privileges, procfs, raise_reader_priority},
     naming::{self, Identity},
     probes::{self, DRAIN_GRACE, Options, Probes},
-    python::watch::{Names, Tracker},
+    python::{
+        memory::ProcessMemory,
+        watch::{Names, Tracker},
+    },
 };
 
 /// What to record and where to put it.
@@ -401,7 +405,8 @@ fn summarize(
     end_ns: u64,
     lost: &[u64],
 ) -> Summary {
-    let threads = table
+    let memory = ProcessMemory::new(pid);
+    let threads: Vec<ThreadSummary> = table
         .iter()
         .map(|info| {
             let alive =
@@ -413,17 +418,34 @@ fn summarize(
             {
                 info.comm = comm;
             }
-            let counters = probes
-                .thread(info.tid)
-                .map(|stats| {
-                    let runnable = alive && procfs::thread_is_runnable(info.pid, info.tid);
-                    Counters::settle(&stats, end_ns, alive, runnable)
-                })
+            let stats = probes.thread(info.tid);
+            let runnable = alive && procfs::thread_is_runnable(info.pid, info.tid);
+            let counters = stats
+                .map(|stats| Counters::settle(&stats, end_ns, alive, runnable))
                 .unwrap_or_default();
             let mut thread = ThreadSummary::new(&info, counters);
+            if alive {
+                thread.blocked_ns =
+                    blocked::blocked_ns(stats.as_ref(), started_ns, end_ns, !runnable);
+            }
+            if thread.blocked_ns.is_some()
+                && let Some(call) =
+                    blocked::futex_call(pid, info.tid, stats.as_ref().map(|s| &s.futex_call))
+            {
+                thread.waiting_for_tid = blocked::lock_owner(&memory, call, |tid| {
+                    table
+                        .get(tid)
+                        .is_some_and(|t| t.pid == pid && t.exited_ns.is_none())
+                        && procfs::thread_group_of(tid).is_ok_and(|tgid| tgid == pid)
+                });
+            }
             names.label(&mut thread);
             thread
         })
+        .collect();
+    let waits = threads
+        .iter()
+        .filter_map(|t| Some((t.tid, t.waiting_for_tid?)))
         .collect();
     Summary {
         schema: SCHEMA,
@@ -439,6 +461,7 @@ fn summarize(
             .filter(|&(_, &n)| n > 0)
             .map(|(kind, &n)| (kind.name(), n))
             .collect(),
+        deadlocks: blocked::deadlocks(&waits),
         threads,
     }
 }

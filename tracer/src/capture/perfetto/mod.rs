@@ -885,6 +885,7 @@ mod tests {
                 .iter()
                 .map(|t| ThreadSummary::new(t, Counters::default()))
                 .collect(),
+            deadlocks: Vec::new(),
         };
         w.finish(&summary, &table).unwrap();
         let bytes = std::fs::read(&path).unwrap();
