@@ -699,7 +699,15 @@ fn python_threads_are_labelled_by_their_names_with_gil_waits() {
             "tracer_thread_cpu_seconds_total",
             &[("process", "io_vs_cpu"), ("thread", thread)],
         );
-        assert!(cpu > 0.0, "no series for Python thread {thread}");
+        assert!(
+            cpu > 0.0,
+            "no series for Python thread {thread}: {:#?}",
+            find(
+                &samples,
+                "tracer_thread_cpu_seconds_total",
+                &[("process", "io_vs_cpu")]
+            )
+        );
     }
     // Two CPU-bound threads share one GIL: each waits for it while the other runs.
     assert!(

@@ -29,6 +29,14 @@ pub struct PythonThreads {
 
 /// How often known Python processes' names are reread without a reason.
 const REFRESH: Duration = Duration::from_secs(1);
+/// After a process started threads, its names are read again this long after: a new
+/// `threading.Thread` is in `threading._active` only once it has run (it may wait for the
+/// GIL first).
+const FOLLOW_UPS: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(600),
+];
 
 /// Why the scanner should look at a process.
 #[derive(Clone, Copy, Debug)]
@@ -55,8 +63,17 @@ fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
     let mut tried: HashMap<u32, std::time::Instant> = HashMap::new();
     let mut not_python: HashSet<(PathBuf, u64)> = HashSet::new();
     let mut first = true;
+    // When to read again after threads were started.
+    let mut follow_ups: Vec<std::time::Instant> = Vec::new();
     loop {
         let mut due: HashSet<u32> = HashSet::new();
+        let now = std::time::Instant::now();
+        follow_ups.retain(|&at| at > now);
+        let wait = follow_ups
+            .iter()
+            .map(|&at| at - now)
+            .min()
+            .map_or(REFRESH, |soonest| soonest.min(REFRESH));
         if first {
             first = false;
             due.extend(
@@ -69,13 +86,18 @@ fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
                     .copied(),
             );
         } else {
-            match pokes.recv_timeout(REFRESH) {
+            match pokes.recv_timeout(wait) {
                 Ok(first_poke) => {
                     // Let a burst of thread starts settle, and take every poke of it.
                     std::thread::sleep(Duration::from_millis(20));
                     for poke in std::iter::once(first_poke).chain(pokes.try_iter()) {
                         match poke {
-                            Poke::Thread(tgid) => due.insert(tgid),
+                            Poke::Thread(tgid) => {
+                                // At most a few dozen: pokes come at least 20 ms apart.
+                                let now = std::time::Instant::now();
+                                follow_ups.extend(FOLLOW_UPS.iter().map(|&d| now + d));
+                                due.insert(tgid)
+                            }
                             Poke::Renamed(tgid) => {
                                 tried.remove(&tgid);
                                 due.insert(tgid)
