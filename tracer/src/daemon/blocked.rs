@@ -27,6 +27,10 @@ struct Seen {
     since_ns: u64,
     /// The scrape that saw it.
     scrape: u64,
+    /// Whether `/proc` showed it asleep since `snapshots` last changed, once read: a thread
+    /// that has not been switched out since is asleep still (unless it was woken and has
+    /// been waiting for a CPU ever since), so a scrape reads `/proc` for no thread twice.
+    asleep: Option<bool>,
 }
 
 /// Every thread's count of switches out as the scrapes saw it.
@@ -91,15 +95,34 @@ impl Sleepers {
                 (s.snapshots, since)
             }
         };
+        let asleep = self
+            .seen
+            .get(&tid)
+            .filter(|seen| seen.snapshots == snapshots && seen.since_ns == since_ns)
+            .and_then(|seen| seen.asleep);
         self.seen.insert(
             tid,
             Seen {
                 snapshots,
                 since_ns,
                 scrape: self.scrape,
+                asleep,
             },
         );
         since_ns
+    }
+
+    /// Whether thread `tid` of process `tgid` is asleep as the kernel shows it (`S`, `D`,
+    /// `I`), read from `/proc` once for each of its switches out.
+    fn asleep(&mut self, tgid: u32, tid: u32) -> bool {
+        if let Some(known) = self.seen.get(&tid).and_then(|seen| seen.asleep) {
+            return known;
+        }
+        let asleep = procfs::thread_is_asleep(tgid, tid);
+        if let Some(seen) = self.seen.get_mut(&tid) {
+            seen.asleep = Some(asleep);
+        }
+        asleep
     }
 
     /// Ends a scrape at `now_ns`: threads it did not note are gone.
@@ -113,8 +136,9 @@ impl Sleepers {
 /// The gauge's values: for each series, the longest any of its threads has been asleep,
 /// among `threads` (`(tid, since_ns)` from [`Sleepers::note`]) asleep for `min_ns` at least at
 /// `now_ns`, not on a CPU (`running`), and asleep as the kernel shows them (`S`, `D`, `I`:
-/// read only for those). `series` gives a thread's process id and series, if it is exported.
+/// read only for those, once for each of their switches out). `series` gives a thread's process id and series, if it is exported.
 pub fn gauges(
+    sleepers: &mut Sleepers,
     threads: &[(u32, u64)],
     running: &[u32],
     now_ns: u64,
@@ -130,7 +154,7 @@ pub fn gauges(
         let Some((tgid, key)) = series(tid) else {
             continue;
         };
-        if !procfs::thread_is_asleep(tgid, tid) {
+        if !sleepers.asleep(tgid, tid) {
             continue;
         }
         let longest = gauges.entry(key).or_insert(0);
@@ -219,8 +243,8 @@ mod tests {
                 },
             ))
         };
-        assert!(gauges(&[(me, 0)], &[], 10_000, 10, key).is_empty());
-        assert!(gauges(&[(me, 0)], &[me], 10_000, 10, key).is_empty());
+        assert!(gauges(&mut Sleepers::new(0), &[(me, 0)], &[], 10_000, 10, key).is_empty());
+        assert!(gauges(&mut Sleepers::new(0), &[(me, 0)], &[me], 10_000, 10, key).is_empty());
         // A thread asleep in a channel receive for the test.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
@@ -232,9 +256,26 @@ mod tests {
         while !procfs::thread_is_asleep(pid, tid) {
             std::thread::yield_now();
         }
-        let found = gauges(&[(tid, 4_000)], &[], 10_000, 5_000, key);
+        let found = gauges(
+            &mut Sleepers::new(0),
+            &[(tid, 4_000)],
+            &[],
+            10_000,
+            5_000,
+            key,
+        );
         assert_eq!(found.values().copied().collect::<Vec<_>>(), [6_000]);
-        assert!(gauges(&[(tid, 6_000)], &[], 10_000, 5_000, key).is_empty());
+        assert!(
+            gauges(
+                &mut Sleepers::new(0),
+                &[(tid, 6_000)],
+                &[],
+                10_000,
+                5_000,
+                key
+            )
+            .is_empty()
+        );
         tx.send(()).unwrap();
         sleeper.join().unwrap();
     }

@@ -463,13 +463,13 @@ impl Shared {
             series.entry(key).or_default().add(&values);
         }
         sleepers.finish(now_ns);
-        drop(sleepers);
         let on_cpu: Vec<u32> = running.iter().map(|&(tid, _)| tid).collect();
         let min_ns = u64::try_from(rules.blocked_min.as_nanos()).unwrap_or(u64::MAX);
-        let blocked = blocked::gauges(&unswitched, &on_cpu, now_ns, min_ns, |tid| {
+        let blocked = blocked::gauges(&mut sleepers, &unswitched, &on_cpu, now_ns, min_ns, |tid| {
             let thread = state.threads.get(&tid)?;
             Some((thread.tgid, thread.series.clone()?))
         });
+        drop(sleepers);
         state.finish_scrape(&mut series);
         let mut hists = state.finish_hists(hists);
         // A process's run-queue and futex waits: those of all its series as exported.
