@@ -417,10 +417,12 @@ fn gil_waits_of_cpu_bound_and_io_bound_threads_on_every_version() {
             }
         }
         // An I/O-bound thread wakes up 60 times and each time waits for a CPU-bound thread
-        // to let go of the GIL, for far longer than it then runs.
+        // to let go of the GIL, for far longer than it then runs: 50 to 100 times its CPU
+        // time on a quiet machine, still several times on a busy one (its own CPU time grows
+        // with the load, its waits less so).
         for r in &io {
             let most_cpu = cpu.iter().copied().fold(0.0, f64::max);
-            if *r < 10.0 * most_cpu {
+            if *r < 3.0 * most_cpu {
                 problems.push(format!(
                     "I/O-bound GIL wait {r:.1} of its CPU time, not far above the CPU-bound \
                      threads' {most_cpu:.2}"

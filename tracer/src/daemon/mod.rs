@@ -47,9 +47,10 @@ const STREAMED: [EventKind; 3] = [
 const HARVEST_DELAY: Duration = Duration::from_millis(200);
 /// How often the daemon drains its (lifecycle-only, so sparse) ring buffer; the programs
 /// wake it sooner when the buffer fills. A process is named from `/proc` when its exec is
-/// drained, so this bounds how briefly a process may run after its exec and still be named
-/// by its command line (a busy machine stretches it).
-const LIFECYCLE_DRAIN: Duration = Duration::from_millis(50);
+/// drained, so a process that ends sooner after its exec keeps its kernel name; a new thread
+/// gets its series at the first scrape after it is drained, by the name known then, so the
+/// reading of a new Python thread's name has this long to find it first.
+const LIFECYCLE_DRAIN: Duration = Duration::from_millis(250);
 
 /// How often threads that exited unseen (lost events) are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
