@@ -50,6 +50,22 @@ pub fn thread_group_of(tid: u32) -> io::Result<u32> {
         .ok_or_else(|| io::Error::other("no Tgid in status"))
 }
 
+/// `/proc/PID/task/TID/NAME`.
+fn task_file(pid: u32, tid: u32, name: &str) -> PathBuf {
+    process_dir(pid)
+        .join("task")
+        .join(tid.to_string())
+        .join(name)
+}
+
+/// The state letter of thread `tid` of process `pid` (`R`, `S`, `D`, ...) in its `stat`,
+/// read after the parenthesised kernel name (any bytes, not UTF-8 included).
+fn thread_state(pid: u32, tid: u32) -> Option<char> {
+    let stat = read_text(task_file(pid, tid, "stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.trim_start().chars().next()
+}
+
 /// The thread ids of process `pid`.
 pub fn threads(pid: u32) -> Result<Vec<u32>> {
     let dir = process_dir(pid).join("task");
@@ -66,13 +82,7 @@ pub fn threads(pid: u32) -> Result<Vec<u32>> {
 
 /// The kernel name (`comm`) of thread `tid` of process `pid`, if it still exists.
 pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
-    let raw = fs::read(
-        process_dir(pid)
-            .join("task")
-            .join(tid.to_string())
-            .join("comm"),
-    )
-    .ok()?;
+    let raw = fs::read(task_file(pid, tid, "comm")).ok()?;
     let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
     Some(String::from_utf8_lossy(raw).into_owned())
 }
@@ -81,13 +91,7 @@ pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
 /// `/proc/PID/task/TID/syscall` (which needs the right to debug the process): its number
 /// and six arguments. None when it runs, is in no system call, or cannot be read.
 pub fn thread_syscall(pid: u32, tid: u32) -> Option<(u64, [u64; 6])> {
-    let text = fs::read_to_string(
-        process_dir(pid)
-            .join("task")
-            .join(tid.to_string())
-            .join("syscall"),
-    )
-    .ok()?;
+    let text = fs::read_to_string(task_file(pid, tid, "syscall")).ok()?;
     parse_syscall(&text)
 }
 
@@ -105,18 +109,7 @@ fn parse_syscall(text: &str) -> Option<(u64, [u64; 6])> {
 
 /// Whether thread `tid` of process `pid` is running or runnable right now (`R` in its stat).
 pub fn thread_is_runnable(pid: u32, tid: u32) -> bool {
-    read_text(
-        process_dir(pid)
-            .join("task")
-            .join(tid.to_string())
-            .join("stat"),
-    )
-    .ok()
-    .and_then(|stat| {
-        stat.rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('R'))
-    })
-    .unwrap_or(false)
+    thread_state(pid, tid) == Some('R')
 }
 
 /// The command line of process `pid`, arguments joined by spaces (its comm if it has none).
@@ -162,18 +155,7 @@ pub fn schedstat(tid: u32) -> Option<(u64, u64)> {
 /// `/proc/PID/task/TID/stat`: `S` (interruptible), `D` (uninterruptible) or `I` (idle kernel
 /// thread). (Not `/proc/TID/stat`, which sums over every thread of the process.)
 pub fn thread_is_asleep(pid: u32, tid: u32) -> bool {
-    fs::read_to_string(
-        process_dir(pid)
-            .join("task")
-            .join(tid.to_string())
-            .join("stat"),
-    )
-    .ok()
-    .and_then(|stat| {
-        let (_, rest) = stat.rsplit_once(')')?;
-        rest.trim_start().chars().next()
-    })
-    .is_some_and(|state| matches!(state, 'S' | 'D' | 'I'))
+    thread_state(pid, tid).is_some_and(|state| matches!(state, 'S' | 'D' | 'I'))
 }
 
 /// Thread group and name of thread `tid`, if it exists.
