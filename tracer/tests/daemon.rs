@@ -462,6 +462,85 @@ sys.stdin.read()
     }
 }
 
+/// A thread that predates the daemon and then runs: everything it did after the attach is
+/// counted, its first switch out and the time on a CPU before it too, exactly as the
+/// kernel's counters grew (the thread is asleep at the attach and at the scrape).
+#[test]
+fn a_thread_older_than_the_daemon_counts_from_the_attach() {
+    if !can_trace("a_thread_older_than_the_daemon_counts_from_the_attach") {
+        return;
+    }
+    let script = r#"
+import ctypes, sys, threading, time
+libc = ctypes.CDLL(None)
+go, done, never = threading.Event(), threading.Event(), threading.Event()
+def work():
+    libc.prctl(15, b"older", 0, 0, 0)
+    go.wait()
+    for _ in range(20):
+        time.sleep(0.002)
+    sum(range(200000))
+    done.set()
+    never.wait()
+t = threading.Thread(target=work, name="older", daemon=True)
+t.start()
+print(t.native_id, flush=True)
+sys.stdin.readline()
+go.set()
+done.wait()
+print("done", flush=True)
+sys.stdin.read()
+"#;
+    use std::io::{BufRead as _, Write as _};
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let tid: u32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+    let kernel = || {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap();
+        let switches: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches"))
+            .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+            .sum();
+        (switches, cpu_seconds_of(tid))
+    };
+    // The thread is asleep on `go` before the daemon starts.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = kernel();
+    let daemon = Daemon::start(&[], &[]);
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "done");
+    // It is asleep on `never` by now.
+    std::thread::sleep(Duration::from_millis(200));
+    let after = kernel();
+    let samples = daemon.samples();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let pt = [("process", "python3"), ("thread", "older")];
+    let switches: f64 = find(&samples, "tracer_thread_context_switches_total", &pt)
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert!(after.0 - before.0 >= 20, "{before:?} {after:?}");
+    assert_eq!(
+        switches,
+        (after.0 - before.0) as f64,
+        "switches since the attach"
+    );
+    let cpu = value(&samples, "tracer_thread_cpu_seconds_total", &pt);
+    assert!(
+        (cpu - (after.1 - before.1)).abs() < 1e-6,
+        "CPU {cpu} s since the attach, kernel {} s",
+        after.1 - before.1
+    );
+}
+
 #[test]
 fn futex_probes_can_be_left_out() {
     if !can_trace("futex_probes_can_be_left_out") {

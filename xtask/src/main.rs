@@ -114,6 +114,8 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Bench { only } => {
             setup::ensure()?;
+            // The tools the overhead part compares tracer with, and `perf bench` itself.
+            setup::install_missing(&["linux-perf", "bpftrace"])?;
             build(&root)?;
             bench::run(&root, only)
         }

@@ -107,6 +107,9 @@ async fn serve(args: Args, config: Config) -> Result<()> {
     let started = std::time::Instant::now();
     let mut processes = 0;
     for (tid, tgid, comm) in procfs::all_threads() {
+        if let Some(counts) = procfs::thread_counts(tgid, tid) {
+            state.note_attach_counts(tid, counts);
+        }
         if tid == tgid {
             let name = process_name(&compiled, tgid, &comm);
             state.add_thread(tid, tgid, comm);
@@ -311,6 +314,7 @@ fn harvest(shared: &Shared, tids: &[(u32, u32)], reuse: Reuse) {
             continue;
         }
         let last = stats.map(|stats| {
+            let stats = state.since_attach(tid, &stats).unwrap_or(stats);
             (
                 Values::of_thread(&stats, now_ns, is_python, None),
                 histograms::Hists::of_thread(&stats),
@@ -413,7 +417,9 @@ impl Shared {
             unswitched.push((tid, sleepers.note(tid, Some(stats), now_ns)));
             let is_python = python.processes.contains(&stats.tgid);
             let now = running.iter().find(|(t, _)| *t == tid).map(|(_, now)| *now);
-            let values = Values::of_thread(stats, now_ns, is_python, now);
+            let rebased = state.since_attach(tid, stats);
+            let values =
+                Values::of_thread(rebased.as_ref().unwrap_or(stats), now_ns, is_python, now);
             // The common case: a known thread already assigned to its series.
             if let Some(key) = state.threads.get(&tid).and_then(|t| t.series.as_ref()) {
                 hists.entry(stats.tgid).or_default().add_thread(stats);

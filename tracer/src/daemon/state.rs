@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::thread::{Counts, ThreadStats, state};
+use tracer_common::thread::{BORN_TRACED, Counts, ThreadStats, state};
 
 use super::{config::Compiled, histograms::Hists};
 use crate::capture::summary::Counters;
@@ -191,6 +191,9 @@ pub struct State {
     pub(super) reported_hists: HashMap<String, Hists>,
     /// Threads whose series folded into `thread="other"`.
     pub folded: u64,
+    /// The kernel's counters of threads that predate the attach, read from `/proc` just
+    /// after it: see [`State::since_attach`].
+    attach_counts: FastMap<u32, Counts>,
 }
 
 impl State {
@@ -214,6 +217,31 @@ impl State {
         );
     }
 
+    /// Keeps `counts`, the kernel's counters of thread `tid` read from `/proc` after the
+    /// attach.
+    pub fn note_attach_counts(&mut self, tid: u32, counts: Counts) {
+        self.attach_counts.insert(tid, counts);
+    }
+
+    /// `stats` of thread `tid` counted from the attach. The programs' first snapshot of a
+    /// thread that predates the attach is taken at its first switch out, after that switch
+    /// (and the time on a CPU before it) are in the kernel's counters; the counters read from
+    /// `/proc` just after the attach are older unless the thread was switched out in between.
+    /// Both only grow, so the lower of each is the base.
+    pub fn since_attach(&self, tid: u32, stats: &ThreadStats) -> Option<ThreadStats> {
+        let base = self.attach_counts.get(&tid)?;
+        if stats.snapshots == 0 || stats.flags & BORN_TRACED != 0 {
+            return None;
+        }
+        let mut stats = *stats;
+        let first = &mut stats.first.kernel;
+        first.voluntary_switches = first.voluntary_switches.min(base.voluntary_switches);
+        first.involuntary_switches = first.involuntary_switches.min(base.involuntary_switches);
+        first.on_cpu_ns = first.on_cpu_ns.min(base.on_cpu_ns);
+        first.runqueue_wait_ns = first.runqueue_wait_ns.min(base.runqueue_wait_ns);
+        Some(stats)
+    }
+
     /// A new task: a thread of an existing process (`in_process`), or a new process's first
     /// thread. Only the former counts as a thread created: the first thread of a forked
     /// process still carries its parent's name until it execs.
@@ -225,6 +253,8 @@ impl State {
         in_process: bool,
         now: Instant,
     ) {
+        // An id the kernel has given again: its counters start anew.
+        self.attach_counts.remove(&tid);
         self.add_thread(tid, tgid, comm);
         if in_process {
             let process = self.process_name(tgid).unwrap_or("").to_owned();
@@ -253,6 +283,7 @@ impl State {
         now: Instant,
         rules: &Compiled,
     ) {
+        self.attach_counts.remove(&tid);
         let Some(thread) = self.threads.remove(&tid) else {
             return;
         };
@@ -508,5 +539,47 @@ mod tests {
             Some((7_000, 180)),
         );
         assert_eq!((born.voluntary_switches, born.on_cpu_ns), (12, 7_000));
+    }
+
+    #[test]
+    fn a_thread_older_than_the_attach_counts_from_its_reading_at_the_attach() {
+        let stats = switched_out_twice(0);
+        let mut state = State::default();
+        // Read from `/proc` before its first switch out: that switch counts too.
+        let before = Counts {
+            voluntary_switches: 9,
+            involuntary_switches: 1,
+            on_cpu_ns: 600,
+            runqueue_wait_ns: 90,
+        };
+        state.note_attach_counts(30, before);
+        let rebased = state.since_attach(30, &stats).unwrap();
+        let values = Values::of_thread(&rebased, 0, false, None);
+        assert_eq!(values.voluntary_switches, 3);
+        assert_eq!(values.on_cpu_ns, 2_400);
+        assert_eq!(values.runqueue_wait_ns, 60);
+        // Read after it: the first snapshot is the older one.
+        let later = Counts {
+            voluntary_switches: 11,
+            on_cpu_ns: 2_000,
+            runqueue_wait_ns: 120,
+            ..before
+        };
+        state.note_attach_counts(30, later);
+        let rebased = state.since_attach(30, &stats).unwrap();
+        assert_eq!(
+            Values::of_thread(&rebased, 0, false, None),
+            Values::of_thread(&stats, 0, false, None)
+        );
+        // A new thread given the id again starts anew.
+        state.thread_created(30, 30, "new".into(), false, Instant::now());
+        assert!(state.since_attach(30, &stats).is_none());
+        // Born traced: counted from zero already.
+        state.note_attach_counts(31, before);
+        assert!(
+            state
+                .since_attach(31, &switched_out_twice(BORN_TRACED))
+                .is_none()
+        );
     }
 }

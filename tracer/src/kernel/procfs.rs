@@ -151,6 +151,26 @@ pub fn schedstat(tid: u32) -> Option<(u64, u64)> {
     Some((fields.next()?.ok()?, fields.next()?.ok()?))
 }
 
+/// The kernel's counters of thread `tid` of process `pid` now: its switches
+/// (`voluntary_ctxt_switches`, `nonvoluntary_ctxt_switches` in its `status`), CPU time and
+/// run-queue wait (its `schedstat`). None once it is gone.
+pub fn thread_counts(pid: u32, tid: u32) -> Option<tracer_common::thread::Counts> {
+    let status = read_text(task_file(pid, tid, "status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+    };
+    let text = fs::read_to_string(task_file(pid, tid, "schedstat")).ok()?;
+    let mut times = text.split_whitespace().map(str::parse::<u64>);
+    Some(tracer_common::thread::Counts {
+        voluntary_switches: field("voluntary_ctxt_switches:")?,
+        involuntary_switches: field("nonvoluntary_ctxt_switches:")?,
+        on_cpu_ns: times.next()?.ok()?,
+        runqueue_wait_ns: times.next()?.ok()?,
+    })
+}
+
 /// Whether thread `tid` of process `pid` is asleep now, as the kernel shows it in
 /// `/proc/PID/task/TID/stat`: `S` (interruptible), `D` (uninterruptible) or `I` (idle kernel
 /// thread). (Not `/proc/TID/stat`, which sums over every thread of the process.)
