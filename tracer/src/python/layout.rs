@@ -3,7 +3,12 @@
 //! 3.8 to 3.12 have no description of their own layout: the offsets below were read from the
 //! debug information of release builds of each version (x86-64, GIL build). From 3.13 the
 //! interpreter starts `_PyRuntime` with a table of offsets meant for out-of-process tools,
-//! `_Py_DebugOffsets`, which [`Layout::from_debug_offsets`] reads; 3.14 extended that table.
+//! `_Py_DebugOffsets`, which [`Layout::from_debug_offsets`] reads; 3.14 extended that table,
+//! and 3.15 adds the sizes of some objects. Free-threaded builds (3.13t on) publish the same
+//! table with their own values; what it does not say (where a managed dict lies, how a
+//! string's state bits are laid out) is taken from their headers.
+
+mod debug_offsets;
 
 use std::fmt;
 
@@ -65,32 +70,64 @@ impl fmt::Display for Version {
     }
 }
 
-/// `PyObject.ob_type`.
+/// `PyObject.ob_type` and `sizeof(PyObject)` in a build with a GIL: `ob_refcnt`, `ob_type`.
 pub const OB_TYPE: u64 = 8;
-/// `PyTypeObject` fields, the same in every supported version.
-pub const TP_NAME: u64 = 24;
-pub const TP_BASICSIZE: u64 = 32;
-pub const TP_FLAGS: u64 = 168;
-pub const TP_DICTOFFSET: u64 = 288;
-/// `PySetObject.used`, `mask`, `table`, and the size of a `setentry` (key, hash): the same
-/// in every supported version with a GIL.
-pub const SET_USED: u64 = 24;
-pub const SET_MASK: u64 = 32;
-pub const SET_TABLE: u64 = 40;
+pub const OBJECT_HEADER: u64 = 16;
+/// The same in a free-threaded build (`Py_GIL_DISABLED`, `Include/object.h`): `ob_tid`
+/// (8 bytes), `ob_flags` (2; `_padding` in 3.13), `ob_mutex` and `ob_gc_bits` (1 each),
+/// `ob_ref_local` (4), `ob_ref_shared` (8), then `ob_type`.
+pub const FT_OB_TYPE: u64 = 24;
+pub const FT_OBJECT_HEADER: u64 = 32;
+/// `PyTypeObject` fields after its `PyObject_VAR_HEAD` (the header and `ob_size`), the
+/// same in every supported version: `tp_name`, `tp_basicsize`, `tp_repr`, `tp_flags`,
+/// `tp_dictoffset`.
+pub const TP_NAME_AFTER_HEAD: u64 = 0;
+pub const TP_BASICSIZE_AFTER_HEAD: u64 = 8;
+pub const TP_REPR_AFTER_HEAD: u64 = 64;
+pub const TP_FLAGS_AFTER_HEAD: u64 = 144;
+pub const TP_DICTOFFSET_AFTER_HEAD: u64 = 264;
+/// The size of a `setentry` (key, hash).
 pub const SET_ENTRY_SIZE: u64 = 16;
-/// `PyWeakReference.wr_object`.
-pub const WR_OBJECT: u64 = 16;
-/// `PyModuleObject.md_dict`.
-pub const MD_DICT: u64 = 16;
-/// `PyDictObject.ma_keys`, `ma_values`.
-pub const MA_KEYS: u64 = 32;
-pub const MA_VALUES: u64 = 40;
 /// `PyHeapTypeObject.ht_cached_keys` lies this far after the `PyTypeObject` it starts with:
 /// the async, number, mapping, sequence and buffer slot tables (55 pointers) and
-/// `ht_name`, `ht_slots`, `ht_qualname`.
+/// `ht_name`, `ht_slots`, `ht_qualname`. Free-threaded builds add nothing before it.
 pub const HT_CACHED_KEYS_AFTER_TYPE: u64 = 58 * 8;
-/// `sizeof(struct _gil_runtime_state)` (3.8 to 3.14, GIL builds).
+/// `sizeof(struct _gil_runtime_state)` (3.8 to 3.15, GIL builds).
 pub const GIL_STATE_SIZE: u64 = 208;
+/// Where an instance's managed dict pointer lies before the object
+/// (`-MANAGED_DICT_OFFSET`, `Include/internal/pycore_object.h`): past the GC header's two
+/// words in a build with a GIL, the word right before it in a free-threaded build (which
+/// has no GC header in front of objects).
+pub const MANAGED_DICT_BEFORE: u64 = 24;
+pub const FT_MANAGED_DICT_BEFORE: u64 = 8;
+
+/// Where the bit fields of `PyASCIIObject.state` start: `interned` (2 bits in a build with
+/// a GIL; a byte of its own in a free-threaded build from 3.14), then `kind` (3 bits),
+/// `compact` and `ascii` (1 each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringState {
+    /// The bit `kind` starts at; `compact` and `ascii` are the 4th and 5th bits after.
+    pub kind_shift: u32,
+}
+
+impl StringState {
+    /// `interned:2` first: 3.8 on with a GIL, and 3.13's free-threaded build.
+    pub const BITS: Self = Self { kind_shift: 2 };
+    /// `unsigned char interned` first: free-threaded builds from 3.14.
+    pub const INTERNED_BYTE: Self = Self { kind_shift: 8 };
+
+    /// (kind, compact, ascii) of a state word.
+    pub fn decode(self, state: u32) -> (u8, bool, bool) {
+        let s = state >> self.kind_shift;
+        ((s & 7) as u8, (s >> 3) & 1 != 0, (s >> 4) & 1 != 0)
+    }
+
+    /// The state word of a string of `kind`, compact, `ascii` or not (for tests).
+    #[cfg(test)]
+    pub fn encode(self, kind: u32, ascii: bool) -> u32 {
+        (kind | 1 << 3 | u32::from(ascii) << 4) << self.kind_shift
+    }
+}
 
 /// Type flags (`Py_TPFLAGS_*`).
 pub mod flags {
@@ -124,7 +161,8 @@ pub enum Instances {
     /// 3.12: one word 3 words before the object, a dict pointer or (tagged with bit 0) a
     /// values pointer minus one.
     Managed312,
-    /// 3.13 on: a dict pointer 3 words before the object; with `Py_TPFLAGS_INLINE_VALUES`
+    /// 3.13 on: a dict pointer [`Layout::managed_dict_before`] the object (3 words, 1 in a
+    /// free-threaded build); with `Py_TPFLAGS_INLINE_VALUES`
     /// the values follow the object (`tp_basicsize`), after an 8-byte header.
     Inline313,
 }
@@ -142,6 +180,8 @@ pub enum Long {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     pub version: Version,
+    /// A free-threaded build (`Py_GIL_DISABLED`): no GIL, a 32-byte object header.
+    pub free_threaded: bool,
     /// `_PyRuntimeState.interpreters.head`; `interpreters.main` is the next word.
     pub runtime_interpreters_head: u64,
     /// `_PyRuntimeState.ceval.gil`, the GIL, up to 3.11.
@@ -152,7 +192,8 @@ pub struct Layout {
     pub interp_threads_head: u64,
     /// `PyInterpreterState.modules` / `imports.modules` (`sys.modules`).
     pub interp_modules: u64,
-    /// `PyInterpreterState.ceval.gil`, a pointer to the interpreter's GIL, from 3.12.
+    /// `PyInterpreterState.ceval.gil`, a pointer to the interpreter's GIL, from 3.12 (none
+    /// in a free-threaded build).
     pub interp_gil_pointer: Option<u64>,
     /// `PyThreadState.next`.
     pub tstate_next: u64,
@@ -160,16 +201,36 @@ pub struct Layout {
     pub tstate_thread_id: u64,
     /// `PyThreadState.native_thread_id` (the kernel tid), from 3.11.
     pub tstate_native_thread_id: Option<u64>,
+    /// `sizeof(PyObject)` and `PyObject.ob_type`.
+    pub object_header: u64,
+    pub ob_type: u64,
+    /// `PyTypeObject.tp_name`, `tp_basicsize`, `tp_flags`, `tp_dictoffset`.
+    pub tp_name: u64,
+    pub tp_basicsize: u64,
+    pub tp_flags: u64,
+    pub tp_dictoffset: u64,
+    /// `PyHeapTypeObject.ht_cached_keys`.
+    pub ht_cached_keys: u64,
+    /// `PyDictObject.ma_keys`, `ma_values`.
+    pub ma_keys: u64,
+    pub ma_values: u64,
+    /// `PyLongObject`'s size word (`ob_size`, `lv_tag`) and first digit.
+    pub long_size: u64,
+    pub long_digits: u64,
     /// `PyASCIIObject.length`, `.state`, `sizeof(PyASCIIObject)`,
     /// `sizeof(PyCompactUnicodeObject)`.
     pub unicode_length: u64,
     pub unicode_state: u64,
     pub unicode_ascii_size: u64,
     pub unicode_compact_size: u64,
+    /// How `PyASCIIObject.state` is laid out.
+    pub string_state: StringState,
     pub keys: Keys,
     /// Where a split dict's values start in its `PyDictValues`.
     pub dict_values_start: u64,
     pub instances: Instances,
+    /// How far before an instance its managed dict pointer lies (3.11 on).
+    pub managed_dict_before: u64,
     pub long: Long,
     /// `sizeof(PyTypeObject)`.
     pub type_size: u64,
@@ -236,8 +297,10 @@ impl Layout {
                 _ => return Err(unsupported()),
             };
         let minor = version.minor;
+        let var_head = OBJECT_HEADER + 8;
         Ok(Self {
             version,
+            free_threaded: false,
             runtime_interpreters_head: head,
             runtime_gil: gil,
             interp_next: next,
@@ -247,10 +310,22 @@ impl Layout {
             tstate_next: 8,
             tstate_thread_id: thread_id,
             tstate_native_thread_id: native,
+            object_header: OBJECT_HEADER,
+            ob_type: OB_TYPE,
+            tp_name: var_head + TP_NAME_AFTER_HEAD,
+            tp_basicsize: var_head + TP_BASICSIZE_AFTER_HEAD,
+            tp_flags: var_head + TP_FLAGS_AFTER_HEAD,
+            tp_dictoffset: var_head + TP_DICTOFFSET_AFTER_HEAD,
+            ht_cached_keys: type_size + HT_CACHED_KEYS_AFTER_TYPE,
+            ma_keys: 32,
+            ma_values: 40,
+            long_size: 16,
+            long_digits: 24,
             unicode_length: 16,
             unicode_state: 32,
             unicode_ascii_size: unicode.0,
             unicode_compact_size: unicode.1,
+            string_state: StringState::BITS,
             keys: if minor >= 11 { Keys::Log2 } else { Keys::Sized },
             dict_values_start: 0,
             instances: match minor {
@@ -258,6 +333,7 @@ impl Layout {
                 12 => Instances::Managed312,
                 _ => Instances::DictOffset,
             },
+            managed_dict_before: MANAGED_DICT_BEFORE,
             long: if minor >= 12 {
                 Long::Tagged
             } else {
@@ -267,187 +343,38 @@ impl Layout {
         })
     }
 
-    /// The layout described by a `_Py_DebugOffsets` table (3.13 and 3.14), given its first
-    /// bytes (at least [`DEBUG_OFFSETS_LEN`]).
-    pub fn from_debug_offsets(table: &[u8]) -> Result<Self> {
-        let bad = |what: &str| Error::Invalid(format!("_Py_DebugOffsets: {what}"));
-        if table.len() < DEBUG_OFFSETS_LEN || table[..8] != *DEBUG_COOKIE {
-            return Err(bad("no `xdebugpy` cookie"));
-        }
-        let words: Vec<u64> = table
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-            .collect();
-        let version = Version::from_hex(words[1]);
-        if !version.supported() || !version.at_least(3, 13) {
-            return Err(Error::Unsupported(format!(
-                "Python {version} (from its debug offsets)"
-            )));
-        }
-        if words[2] != 0 {
-            return Err(Error::Unsupported(format!(
-                "free-threaded Python {version}"
-            )));
-        }
-        // runtime_state: size, finalizing, interpreters_head.
-        let head = words[5];
-        // interpreter_state starts at word 6; 3.14 added `threads_main` after `threads_head`.
-        let interp = |i: usize| words[6 + i];
-        let threads_main = usize::from(version.at_least(3, 14));
-        let interp_size = interp(0);
-        let next = interp(2);
-        let threads_head = interp(3);
-        let modules = interp(5 + threads_main);
-        let ceval_gil = interp(8 + threads_main);
-        // thread_state: size, prev, next, interp, current_frame, thread_id, native_thread_id.
-        // It follows interpreter_state, whose fields after those read here differ between
-        // versions (13 in 3.13, 16 in 3.14): it is found by its first offsets, `prev`, `next`
-        // and `interp`, which start every `PyThreadState`.
-        let ts_start = (6 + 13..6 + 24)
-            .find(|&i| words[i] >= 64 && words[i + 1..i + 4] == [0, 8, 16])
-            .ok_or_else(|| bad("no thread state section"))?;
-        let ts = |i: usize| words[ts_start + i];
-        let ts_size = ts(0);
-        let (thread_id, native) = thread_ids(version, &words[ts_start..])?;
-        let ts_next = ts(2);
-        for (name, offset, size) in [
-            ("interpreter next", next, interp_size),
-            ("threads head", threads_head, interp_size),
-            ("modules", modules, interp_size),
-            ("ceval.gil", ceval_gil, interp_size),
-            ("thread next", ts_next, ts_size),
-            ("thread id", thread_id, ts_size),
-            ("native thread id", native, ts_size),
-        ] {
-            if offset.saturating_add(8) > size || size > 1 << 20 {
-                return Err(bad(&format!("{name} at {offset} of {size}")));
-            }
-        }
-        if head.saturating_add(16) > words[3] {
-            return Err(bad("interpreters head outside the runtime"));
-        }
-        // The rest is found by content, which does not depend on the sections in between:
-        // pyobject {16, 8} then type_object {size, tp_name 24, tp_repr 88, tp_flags 168}.
-        let type_size = find(&words, |w| {
-            w.len() >= 6 && w[0] == 16 && w[1] == 8 && w[3] == 24 && w[4] == 88 && w[5] == 168
-        })
-        .map(|i| words[i + 2])
-        .filter(|&size| (400..=1024).contains(&size))
-        .ok_or_else(|| bad("no PyTypeObject section"))?;
-        // long_object {size, lv_tag 16, ob_digit 24}, bytes_object {size, ob_size 16,
-        // ob_sval 32}, unicode_object {size, state, length, asciiobject_size}.
-        let unicode = find(&words, |w| {
-            w.len() >= 10 && w[1] == 16 && w[2] == 24 && w[4] == 16 && w[5] == 32
-        })
-        .map(|i| (words[i + 7], words[i + 8], words[i + 9]))
-        .filter(|&(state, length, ascii)| {
-            state < ascii && length < ascii && (32..=64).contains(&ascii)
-        })
-        .ok_or_else(|| bad("no unicode section"))?;
-        Ok(Self {
-            version,
-            runtime_interpreters_head: head,
-            runtime_gil: None,
-            interp_next: next,
-            interp_threads_head: threads_head,
-            interp_modules: modules,
-            interp_gil_pointer: Some(ceval_gil),
-            tstate_next: ts_next,
-            tstate_thread_id: thread_id,
-            tstate_native_thread_id: Some(native),
-            unicode_length: unicode.1,
-            unicode_state: unicode.0,
-            unicode_ascii_size: unicode.2,
-            // PyCompactUnicodeObject adds utf8_length and utf8.
-            unicode_compact_size: unicode.2 + 16,
-            keys: Keys::Log2,
-            dict_values_start: 8,
-            instances: Instances::Inline313,
-            long: Long::Tagged,
-            type_size,
-        })
-    }
-
     /// `PyHeapTypeObject.ht_cached_keys`.
     pub fn ht_cached_keys(&self) -> u64 {
-        self.type_size + HT_CACHED_KEYS_AFTER_TYPE
+        self.ht_cached_keys
+    }
+
+    /// `PySetObject.used`, `mask` and `table`: after `fill`, which follows the header.
+    pub fn set_fields(&self) -> (u64, u64, u64) {
+        let h = self.object_header;
+        (h + 8, h + 16, h + 24)
+    }
+
+    /// `PyWeakReference.wr_object` and `PyModuleObject.md_dict`: each the first field
+    /// after the header.
+    pub fn first_field(&self) -> u64 {
+        self.object_header
     }
 }
 
 /// The first bytes of `_PyRuntime` from 3.13: `_Py_DebugOffsets.cookie`.
 pub const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
-/// How much of `_Py_DebugOffsets` is read: more than the 3.13 and 3.14 tables hold before
+/// How much of `_Py_DebugOffsets` is read: more than the 3.13 to 3.15 tables hold before
 /// the sections found by content.
 pub const DEBUG_OFFSETS_LEN: usize = 1024;
-
-/// `thread_id` and `native_thread_id` of a `_Py_DebugOffsets.thread_state` section (`ts`
-/// starts at its `size`).
-///
-/// In 3.13 and 3.14 they follow `current_frame` (fields 5 and 6). 3.15 put `base_frame`,
-/// `last_profiled_frame` and more fields before them, and its pre-releases differ among
-/// themselves; what does not change is that both are `unsigned long`s, one after the
-/// other, after `current_frame`, `base_frame` and `last_profiled_frame` (fields 4 to 6).
-/// They are the first such pair from field 7, and must lie inside the thread state.
-/// Each native id read is then checked to be a thread of the process.
-fn thread_ids(version: Version, ts: &[u64]) -> Result<(u64, u64)> {
-    let bad = |what: String| Error::Invalid(format!("_Py_DebugOffsets thread state: {what}"));
-    let size = ts[0];
-    if !version.at_least(3, 15) {
-        return Ok((ts[5], ts[6]));
-    }
-    // 3.15: the frame pointers are 8 bytes apart after current_frame.
-    if ts[5] != ts[4] + 8 || ts[6] != ts[5] + 8 {
-        return Err(bad(format!(
-            "current_frame {}, base_frame {}, last_profiled_frame {} are not consecutive",
-            ts[4], ts[5], ts[6]
-        )));
-    }
-    (7..ts.len().min(7 + 16) - 1)
-        .find(|&i| ts[i] > ts[6] && ts[i + 1] == ts[i] + 8 && ts[i + 1] + 8 <= size)
-        .map(|i| (ts[i], ts[i + 1]))
-        .ok_or_else(|| bad("no thread_id and native_thread_id pair after the frames".into()))
-}
-
-/// The first word index where `matches` holds for the words from there on.
-fn find(words: &[u64], matches: impl Fn(&[u64]) -> bool) -> Option<usize> {
-    (0..words.len()).find(|&i| matches(&words[i..]))
-}
 
 #[cfg(test)]
 pub mod tests {
     use super::*;
 
-    /// A `_Py_DebugOffsets` table as CPython 3.13.0 (x86-64, GIL build) writes it.
-    pub fn debug_offsets_3_13() -> Vec<u8> {
-        let words: &[u64] = &[
-            0x030d00f0, 0, // version, free_threaded
-            283320, 608, 632, // runtime_state: size, finalizing, interpreters_head
-            // interpreter_state: size, id, next, threads_head, gc, imports_modules,
-            // sysdict, builtins, ceval_gil, gil_runtime_state, enabled, locked, holder
-            194968, 7272, 7264, 7344, 7400, 7656, 7640, 7648, 16, 7752, 0, 7768, 7760,
-            // thread_state: size, prev, next, interp, current_frame, thread_id,
-            // native_thread_id, datastack_chunk, status
-            304, 0, 8, 16, 72, 152, 160, 232, 32,
-            // interpreter_frame (6), code_object (10)
-            80, 8, 0, 56, 72, 70, 208, 112, 120, 128, 136, 68, 52, 96, 104, 200, 16,
-            8, // pyobject
-            416, 24, 88, 168, // type_object
-            32, 24, 16, // tuple
-            40, 24, 16, // list
-            48, 32, 40, // dict
-            24, 16, // float
-            32, 16, 24, // long
-            40, 16, 32, // bytes
-            64, 32, 16, 40, // unicode
-            240, 200, // gc
-        ];
-        let mut table = DEBUG_COOKIE.to_vec();
-        for w in words {
-            table.extend(w.to_le_bytes());
-        }
-        table.resize(DEBUG_OFFSETS_LEN, 0);
-        table
-    }
+    pub use super::debug_offsets::tests::{
+        debug_offsets_3_13, debug_offsets_3_13t, debug_offsets_3_14t, debug_offsets_3_15,
+        debug_offsets_3_15t,
+    };
 
     #[test]
     fn versions_from_hex_and_file_names() {
@@ -491,185 +418,5 @@ pub mod tests {
         );
         assert!(Layout::builtin(Version::new(3, 13, 0)).is_err());
         assert!(Layout::builtin(Version::new(2, 7, 0)).is_err());
-    }
-
-    #[test]
-    fn debug_offsets_of_3_13() {
-        let layout = Layout::from_debug_offsets(&debug_offsets_3_13()).unwrap();
-        assert_eq!(layout.version, Version::new(3, 13, 0));
-        assert_eq!(layout.runtime_interpreters_head, 632);
-        assert_eq!(layout.interp_threads_head, 7344);
-        assert_eq!(layout.interp_modules, 7656);
-        assert_eq!(layout.interp_gil_pointer, Some(16));
-        assert_eq!(layout.tstate_native_thread_id, Some(160));
-        assert_eq!(layout.tstate_thread_id, 152);
-        assert_eq!(layout.type_size, 416);
-        assert_eq!(layout.ht_cached_keys(), 880);
-        assert_eq!(
-            (
-                layout.unicode_state,
-                layout.unicode_length,
-                layout.unicode_ascii_size
-            ),
-            (32, 16, 40)
-        );
-        assert_eq!(layout.unicode_compact_size, 56);
-    }
-
-    /// 3.14's table: `threads_main` after `threads_head`, two more interpreter fields, and
-    /// more sections before the object ones (found by content).
-    #[test]
-    fn debug_offsets_of_3_14() {
-        let words: &[u64] = &[
-            0x030e00f0, 0, // version, free_threaded
-            0x50000, 0x4a8, 640, // runtime_state
-            // interpreter_state: size, id, next, threads_head, threads_main, gc,
-            // imports_modules, sysdict, builtins, ceval_gil, gil_runtime_state, enabled,
-            // locked, holder, code_object_generation, tlbc_generation
-            0x20000, 8000, 7990, 8100, 8108, 8200, 8500, 8400, 8408, 24, 8600, 0, 8616, 8608, 9000,
-            0, // thread_state
-            400, 0, 8, 16, 72, 152, 160, 208, 32,
-            // interpreter_frame (8), code_object (11)
-            80, 0, 0, 8, 72, 58, 64, 0, 208, 96, 104, 112, 128, 80, 88, 96, 104, 200, 0, 16,
-            8, // pyobject
-            416, 24, 88, 168, // type_object
-            32, 24, 16, // tuple
-            40, 24, 16, // list
-            200, 16, 24, 32, // set
-            48, 32, 40, // dict
-            24, 16, // float
-            32, 16, 24, // long
-            40, 16, 32, // bytes
-            80, 32, 16, 40, // unicode
-        ];
-        let mut table = DEBUG_COOKIE.to_vec();
-        for w in words {
-            table.extend(w.to_le_bytes());
-        }
-        table.resize(DEBUG_OFFSETS_LEN, 0);
-        let layout = Layout::from_debug_offsets(&table).unwrap();
-        assert_eq!(layout.version, Version::new(3, 14, 0));
-        assert_eq!(layout.runtime_interpreters_head, 640);
-        assert_eq!(layout.interp_threads_head, 8100);
-        assert_eq!(layout.interp_modules, 8500);
-        assert_eq!(layout.interp_gil_pointer, Some(24));
-        assert_eq!(layout.interp_next, 7990);
-        assert_eq!(layout.tstate_native_thread_id, Some(160));
-        assert_eq!(layout.type_size, 416);
-        assert_eq!(layout.unicode_ascii_size, 40);
-    }
-
-    /// The start of the table of Debian's CPython 3.15.2 (x86-64, GIL build), as read from
-    /// its `_PyRuntime`: the thread state section has `base_frame`, `last_profiled_frame`
-    /// and another field before `thread_id` (176) and `native_thread_id` (184).
-    pub fn debug_offsets_3_15() -> Vec<u8> {
-        let words: &[u64] = &[
-            0x030f02f0, 0, 346568, 912, 936, // header, runtime_state
-            226240, 7272, 7264, 7336, 7352, 7400, 7592, 7576, 7584, 16, 7736, 0, 7752, 7744, 7944,
-            0, // interpreter_state
-            888, 0, 8, 16, 72, 80, 88, 96, 176, 184, 256, 32, 36, 40, 136,
-            288, // thread_state
-            0, 88, 8, 0, 56, 80, 74, 64, 0, 216, 112, 120, 128, 136, 68, 52, 96, 104, 208, 0, 16,
-            8, // pyobject
-            424, 24, 88, 168, 32, 288, 944, 888, // type_object
-            40, 32, 16, 40, 24, 16, 200, 24, 40, 32, 48, 32, 40, 24, 16, // tuple .. float
-            32, 16, 24, // long
-            40, 16, 32, // bytes
-            64, 32, 16, 40, 56, // unicode
-        ];
-        let mut table = DEBUG_COOKIE.to_vec();
-        for w in words {
-            table.extend(w.to_le_bytes());
-        }
-        table.resize(DEBUG_OFFSETS_LEN, 0);
-        table
-    }
-
-    #[test]
-    fn debug_offsets_of_3_15() {
-        let layout = Layout::from_debug_offsets(&debug_offsets_3_15()).unwrap();
-        assert_eq!(layout.version, Version::new(3, 15, 2));
-        assert_eq!(layout.runtime_interpreters_head, 936);
-        assert_eq!(layout.interp_threads_head, 7336);
-        assert_eq!(layout.interp_modules, 7592);
-        assert_eq!(layout.interp_gil_pointer, Some(16));
-        assert_eq!(layout.tstate_next, 8);
-        assert_eq!(layout.tstate_thread_id, 176);
-        assert_eq!(layout.tstate_native_thread_id, Some(184));
-        assert_eq!(layout.type_size, 424);
-        assert_eq!(layout.ht_cached_keys(), 888);
-        assert_eq!(
-            (
-                layout.unicode_state,
-                layout.unicode_length,
-                layout.unicode_ascii_size
-            ),
-            (32, 16, 40)
-        );
-    }
-
-    /// Reading 3.15's table as 3.14's would take `base_frame` for `thread_id`: a 3.15
-    /// table whose thread state section is not laid out as expected is refused, not read.
-    #[test]
-    fn a_3_15_thread_state_section_not_as_expected_is_refused() {
-        let table = debug_offsets_3_15();
-        let word = |i: usize| 8 + 8 * i; // the cookie, then word i of the table
-        // base_frame not right after current_frame.
-        let mut moved = table.clone();
-        moved[word(26)..word(27)].copy_from_slice(&120u64.to_le_bytes());
-        let err = Layout::from_debug_offsets(&moved).unwrap_err();
-        assert!(err.to_string().contains("not consecutive"), "{err}");
-        // No adjacent pair of ids inside the thread state.
-        let mut no_pair = table.clone();
-        no_pair[word(21)..word(22)].copy_from_slice(&180u64.to_le_bytes());
-        let err = Layout::from_debug_offsets(&no_pair).unwrap_err();
-        assert!(err.to_string().contains("native_thread_id"), "{err}");
-    }
-
-    /// A 3.14 table without the last two interpreter fields: the thread state section is
-    /// still found.
-    #[test]
-    fn debug_offsets_with_fewer_interpreter_fields() {
-        let words: &[u64] = &[
-            0x030e00f0, 0, 0x50000, 0x4a8, 640, // header, runtime_state
-            0x20000, 8000, 7990, 8100, 8108, 8200, 8500, 8400, 8408, 24, 8600, 0, 8616, 8608, 400,
-            0, 8, 16, 72, 152, 168, 208, 32, // thread_state
-            16, 8, 416, 24, 88, 168, // pyobject, type_object
-            32, 16, 24, 40, 16, 32, 80, 32, 16, 40, // long, bytes, unicode
-        ];
-        let mut table = DEBUG_COOKIE.to_vec();
-        for w in words {
-            table.extend(w.to_le_bytes());
-        }
-        table.resize(DEBUG_OFFSETS_LEN, 0);
-        let layout = Layout::from_debug_offsets(&table).unwrap();
-        assert_eq!(layout.tstate_native_thread_id, Some(168));
-        assert_eq!(layout.interp_modules, 8500);
-    }
-
-    #[test]
-    fn bad_debug_offsets_are_refused() {
-        let good = debug_offsets_3_13();
-        let mut no_cookie = good.clone();
-        no_cookie[0] = b'y';
-        assert!(Layout::from_debug_offsets(&no_cookie).is_err());
-        let mut free_threaded = good.clone();
-        free_threaded[16] = 1;
-        let err = Layout::from_debug_offsets(&free_threaded).unwrap_err();
-        assert!(err.to_string().contains("free-threaded"), "{err}");
-        let mut future = good.clone();
-        future[8..16].copy_from_slice(&0x031000f0u64.to_le_bytes());
-        assert!(Layout::from_debug_offsets(&future).is_err());
-        // An offset outside its struct.
-        let mut outside = good.clone();
-        outside[8 * 9..8 * 10].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(Layout::from_debug_offsets(&outside).is_err());
-        assert!(Layout::from_debug_offsets(&good[..100]).is_err());
-        // Every single-word corruption is handled without panicking.
-        for word in 0..good.len() / 8 {
-            let mut t = good.clone();
-            t[word * 8..word * 8 + 8].copy_from_slice(&u64::MAX.to_le_bytes());
-            let _ = Layout::from_debug_offsets(&t);
-        }
     }
 }

@@ -262,6 +262,12 @@ impl Interpreter {
         self.layout.version
     }
 
+    /// Whether the interpreter is a free-threaded build (`Py_GIL_DISABLED`), which has no
+    /// GIL.
+    pub fn free_threaded(&self) -> bool {
+        self.layout.free_threaded
+    }
+
     /// The main interpreter's GIL state (`struct _gil_runtime_state`): futex waits on an
     /// address in it are waits for the GIL. Known once the interpreter is initialized.
     pub fn gil_range(&self) -> Option<Range<u64>> {
@@ -279,25 +285,7 @@ impl Interpreter {
     }
 
     fn read_gil(&self) -> Result<Option<Range<u64>>> {
-        let l = &self.layout;
-        let start = match (l.runtime_gil, l.interp_gil_pointer) {
-            (Some(offset), _) => at(self.runtime, offset)?,
-            (None, Some(pointer)) => {
-                let main = self
-                    .memory
-                    .ptr(at(self.runtime, l.runtime_interpreters_head + 8)?)?;
-                if main == 0 {
-                    return Ok(None);
-                }
-                let gil = self.memory.ptr(at(main, pointer)?)?;
-                if gil == 0 {
-                    return Ok(None);
-                }
-                gil
-            }
-            (None, None) => return Ok(None),
-        };
-        Ok(Some(start..at(start, layout::GIL_STATE_SIZE)?))
+        gil_state(&self.memory, &self.layout, self.runtime)
     }
 
     /// Reads every interpreter's threads now.
@@ -382,6 +370,31 @@ impl Interpreter {
     }
 }
 
+/// The main interpreter's GIL state (`struct _gil_runtime_state`) of the runtime at
+/// `runtime`, once the interpreter is initialized; never for a free-threaded build, which
+/// has no GIL to wait for (its layout gives no GIL offset).
+fn gil_state<M: Memory>(memory: &M, l: &Layout, runtime: u64) -> Result<Option<Range<u64>>> {
+    if l.free_threaded {
+        return Ok(None);
+    }
+    let start = match (l.runtime_gil, l.interp_gil_pointer) {
+        (Some(offset), _) => at(runtime, offset)?,
+        (None, Some(pointer)) => {
+            let main = memory.ptr(at(runtime, l.runtime_interpreters_head + 8)?)?;
+            if main == 0 {
+                return Ok(None);
+            }
+            let gil = memory.ptr(at(main, pointer)?)?;
+            if gil == 0 {
+                return Ok(None);
+            }
+            gil
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(start..at(start, layout::GIL_STATE_SIZE)?))
+}
+
 /// The global `name` of the `threading` module of `interp`, if it is imported there.
 fn threading_global<M: Memory>(
     reader: &mut Reader<'_, M>,
@@ -395,7 +408,9 @@ fn threading_global<M: Memory>(
     let Some(threading) = reader.dict_get(modules, "threading")? else {
         return Ok(None);
     };
-    let globals = reader.mem.ptr(at(threading, layout::MD_DICT)?)?;
+    let globals = reader
+        .mem
+        .ptr(at(threading, reader.layout.first_field())?)?;
     reader.dict_get(globals, name)
 }
 

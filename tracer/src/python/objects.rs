@@ -122,11 +122,13 @@ impl<'a, M: Memory> Reader<'a, M> {
         if let Some(info) = self.types.get(&ty) {
             return Ok(*info);
         }
-        let bytes = self.mem.bytes(ty, (layout::TP_DICTOFFSET + 8) as usize)?;
+        let l = self.layout;
+        let span = l.tp_flags.max(l.tp_basicsize).max(l.tp_dictoffset) + 8;
+        let bytes = self.mem.bytes(ty, span as usize)?;
         let info = TypeInfo {
-            flags: word(&bytes, layout::TP_FLAGS),
-            basicsize: word(&bytes, layout::TP_BASICSIZE),
-            dictoffset: word(&bytes, layout::TP_DICTOFFSET) as i64,
+            flags: word(&bytes, l.tp_flags),
+            basicsize: word(&bytes, l.tp_basicsize),
+            dictoffset: word(&bytes, l.tp_dictoffset) as i64,
         };
         // Bounded so that garbage read as types does not grow the cache without end.
         if self.types.len() < 4096 {
@@ -137,7 +139,7 @@ impl<'a, M: Memory> Reader<'a, M> {
 
     /// The type of `obj`.
     pub fn type_of(&mut self, obj: u64) -> Result<(u64, TypeInfo)> {
-        let ty = self.mem.ptr(at(obj, layout::OB_TYPE)?)?;
+        let ty = self.mem.ptr(at(obj, self.layout.ob_type)?)?;
         Ok((ty, self.type_info(ty)?))
     }
 
@@ -156,7 +158,7 @@ impl<'a, M: Memory> Reader<'a, M> {
             .mem
             .bytes(obj, (header + STRING_PREFETCH) as usize)
             .or_else(|_| self.mem.bytes(obj, l.unicode_ascii_size as usize))?;
-        let ty = word(&bytes, layout::OB_TYPE);
+        let ty = word(&bytes, l.ob_type);
         if self.type_info(ty)?.flags & flags::UNICODE_SUBCLASS == 0 {
             return Err(invalid(format!("{obj:#x} is not a str")));
         }
@@ -166,9 +168,7 @@ impl<'a, M: Memory> Reader<'a, M> {
                 .try_into()
                 .expect("4 bytes"),
         );
-        let kind = ((state >> 2) & 7) as u8;
-        let compact = (state >> 5) & 1 != 0;
-        let ascii = (state >> 6) & 1 != 0;
+        let (kind, compact, ascii) = l.string_state.decode(state);
         if length > MAX_STRING_CHARS {
             return Err(invalid(format!("string of {length} code points")));
         }
@@ -223,26 +223,36 @@ impl<'a, M: Memory> Reader<'a, M> {
     /// The value of an `int` object that fits in 60 bits; `None` for other objects
     /// (`None`, or anything else).
     pub fn small_int(&mut self, obj: u64) -> Result<Option<i64>> {
-        // ob_refcnt, ob_type, the size word and two digits: what any int holds (an int
-        // object takes at least 32 bytes).
-        let bytes = self.mem.bytes(obj, 32)?;
-        if self.type_info(word(&bytes, layout::OB_TYPE))?.flags & flags::LONG_SUBCLASS == 0 {
+        // The header, the size word and two digits: what any int holds (an int object
+        // takes at least that much).
+        let l = self.layout;
+        let end = l.ob_type.max(l.long_size).max(l.long_digits) + 8;
+        let bytes = self.mem.bytes(obj, end as usize)?;
+        if self.type_info(word(&bytes, l.ob_type))?.flags & flags::LONG_SUBCLASS == 0 {
             return Ok(None);
         }
-        let size = word(&bytes, 16);
-        let digit =
-            |i: usize| u32::from_le_bytes(bytes[24 + 4 * i..28 + 4 * i].try_into().expect("4"));
+        let size = word(&bytes, l.long_size);
+        let digits = l.long_digits as usize;
+        let digit = |i: usize| {
+            u32::from_le_bytes(
+                bytes[digits + 4 * i..digits + 4 + 4 * i]
+                    .try_into()
+                    .expect("4"),
+            )
+        };
         Ok(decode_long(self.layout.long, size, [digit(0), digit(1)]))
     }
 
     /// The (key, value) pairs of a dict object.
     pub fn dict_items(&mut self, dict: u64) -> Result<Vec<(u64, u64)>> {
-        let bytes = self.mem.bytes(dict, (layout::MA_VALUES + 8) as usize)?;
-        if self.type_info(word(&bytes, layout::OB_TYPE))?.flags & flags::DICT_SUBCLASS == 0 {
+        let l = self.layout;
+        let end = l.ob_type.max(l.ma_keys).max(l.ma_values) + 8;
+        let bytes = self.mem.bytes(dict, end as usize)?;
+        if self.type_info(word(&bytes, l.ob_type))?.flags & flags::DICT_SUBCLASS == 0 {
             return Err(invalid(format!("{dict:#x} is not a dict")));
         }
-        let keys = word(&bytes, layout::MA_KEYS);
-        let values = word(&bytes, layout::MA_VALUES);
+        let keys = word(&bytes, l.ma_keys);
+        let values = word(&bytes, l.ma_values);
         self.keys_items(keys, (values != 0).then_some(values))
     }
 
@@ -356,35 +366,38 @@ impl<'a, M: Memory> Reader<'a, M> {
 
     /// The attributes of an instance of a Python class, as (name object, value) pairs.
     pub fn instance_items(&mut self, obj: u64) -> Result<Vec<(u64, u64)>> {
-        // The three words before the object (where 3.11 on keep the dict or values of
-        // instances with a managed dict) and its header, in one read; the fourth word
-        // before is 3.11's values pointer.
-        let lead = if self.layout.instances == Instances::Managed311 {
-            32
+        // The words before the object up to its managed dict pointer (where 3.11 on keep
+        // the dict or values of instances with a managed dict) and its header, in one
+        // read; the word before that is 3.11's values pointer.
+        let l = self.layout;
+        let lead = if l.instances == Instances::Managed311 {
+            l.managed_dict_before + 8
         } else {
-            24
+            l.managed_dict_before
         };
+        let header = l.ob_type + 8;
         let bytes = self
             .mem
-            .bytes(before(obj, lead)?, (lead + 16) as usize)
+            .bytes(before(obj, lead)?, (lead + header) as usize)
             .or_else(|_| {
                 // An object at the start of a mapping has nothing readable before it (an
                 // instance without a managed dict).
                 let mut b = vec![0; lead as usize];
-                b.extend(self.mem.bytes(obj, 16)?);
+                b.extend(self.mem.bytes(obj, header as usize)?);
                 Ok::<_, Error>(b)
             })?;
-        let ty = word(&bytes, lead + layout::OB_TYPE);
+        let ty = word(&bytes, lead + l.ob_type);
+        let dict_before = l.managed_dict_before;
         let info = self.type_info(ty)?;
         let before_obj = |n: u64| word(&bytes, lead - n);
         let managed = info.flags & flags::MANAGED_DICT != 0;
         match self.layout.instances {
             Instances::Managed311 if managed => {
-                let dict = before_obj(24);
+                let dict = before_obj(dict_before);
                 if dict != 0 {
                     return self.dict_items(dict);
                 }
-                let values = before_obj(32);
+                let values = before_obj(dict_before + 8);
                 if values == 0 {
                     return Ok(Vec::new());
                 }
@@ -392,7 +405,7 @@ impl<'a, M: Memory> Reader<'a, M> {
                 self.keys_items(keys, Some(values))
             }
             Instances::Managed312 if managed => {
-                let word = before_obj(24);
+                let word = before_obj(dict_before);
                 if word & 1 != 0 {
                     let keys = self.cached_keys(ty, info)?;
                     self.keys_items(keys, Some(word + 1))
@@ -403,7 +416,7 @@ impl<'a, M: Memory> Reader<'a, M> {
                 }
             }
             Instances::Inline313 if managed || info.flags & flags::INLINE_VALUES != 0 => {
-                let dict = before_obj(24);
+                let dict = before_obj(dict_before);
                 if dict != 0 {
                     return self.dict_items(dict);
                 }
@@ -451,9 +464,9 @@ impl<'a, M: Memory> Reader<'a, M> {
 
     /// Whether the type of `obj` has one of `names` as its `tp_name`.
     fn type_named(&mut self, obj: u64, names: &[&str]) -> Result<bool> {
-        let ty = self.mem.ptr(at(obj, layout::OB_TYPE)?)?;
+        let ty = self.mem.ptr(at(obj, self.layout.ob_type)?)?;
         if !self.type_names.contains_key(&ty) {
-            let name = self.mem.ptr(at(ty, layout::TP_NAME)?)?;
+            let name = self.mem.ptr(at(ty, self.layout.tp_name)?)?;
             // Not past its page: the name may end just before unmapped memory. A name that
             // cannot be read is no name looked for.
             let len = TYPE_NAME_PREFIX.min(4096 - (name % 4096) as usize);
@@ -475,18 +488,16 @@ impl<'a, M: Memory> Reader<'a, M> {
         if !self.type_named(set, &["set"])? {
             return Err(invalid(format!("{set:#x} is not a set")));
         }
-        let header = self.mem.bytes(set, (layout::SET_TABLE + 8) as usize)?;
-        let (used, mask) = (
-            word(&header, layout::SET_USED),
-            word(&header, layout::SET_MASK),
-        );
+        let (used_at, mask_at, table_at) = self.layout.set_fields();
+        let header = self.mem.bytes(set, (table_at + 8) as usize)?;
+        let (used, mask) = (word(&header, used_at), word(&header, mask_at));
         let size = mask.wrapping_add(1);
         if !size.is_power_of_two() || size > MAX_SET_ENTRIES || used > size {
             return Err(invalid(format!(
                 "set {set:#x}: {used} used of {size} entries"
             )));
         }
-        let table = word(&header, layout::SET_TABLE);
+        let table = word(&header, table_at);
         let mut keys = Vec::with_capacity(used as usize);
         for start in (0..size).step_by(CHUNK as usize) {
             let n = CHUNK.min(size - start);
@@ -518,7 +529,7 @@ impl<'a, M: Memory> Reader<'a, M> {
         if !self.type_named(obj, &["weakref", "weakref.ReferenceType"])? {
             return Ok(None);
         }
-        let target = self.mem.ptr(at(obj, layout::WR_OBJECT)?)?;
+        let target = self.mem.ptr(at(obj, self.layout.first_field())?)?;
         // A dead reference points at `None`, whose type is `NoneType`.
         if target == 0 || self.type_named(target, &["NoneType"])? {
             return Ok(None);

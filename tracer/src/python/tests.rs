@@ -49,9 +49,9 @@ impl Heap {
 
     fn type_object(&mut self, flags: u64, basicsize: u64, dictoffset: i64, keys: u64) -> u64 {
         let mut t = vec![0u8; (self.layout.ht_cached_keys() + 8) as usize];
-        put(&mut t, layout::TP_BASICSIZE, basicsize);
-        put(&mut t, layout::TP_FLAGS, flags);
-        put(&mut t, layout::TP_DICTOFFSET, dictoffset as u64);
+        put(&mut t, self.layout.tp_basicsize, basicsize);
+        put(&mut t, self.layout.tp_flags, flags);
+        put(&mut t, self.layout.tp_dictoffset, dictoffset as u64);
         put(&mut t, self.layout.ht_cached_keys(), keys);
         self.alloc(0, t)
     }
@@ -71,9 +71,11 @@ impl Heap {
             l.unicode_compact_size
         };
         let mut b = vec![0u8; header as usize];
-        put(&mut b, layout::OB_TYPE, self.str_type);
+        put(&mut b, l.ob_type, self.str_type);
         put(&mut b, l.unicode_length, text.chars().count() as u64);
-        let state = (kind << 2) | (1 << 5) | (u32::from(ascii) << 6) | (1 << 7);
+        // Interned (1, immortal) too, as the names of threads often are.
+        let interned = if l.string_state.kind_shift == 8 { 1 } else { 2 };
+        let state = l.string_state.encode(kind, ascii) | interned;
         b[l.unicode_state as usize..l.unicode_state as usize + 4]
             .copy_from_slice(&state.to_le_bytes());
         for c in text.chars() {
@@ -96,11 +98,13 @@ impl Heap {
             Long::Tagged if value == 0 => 1,
             Long::Tagged => n << 3,
         };
-        let mut b = vec![0u8; 32];
-        put(&mut b, layout::OB_TYPE, self.int_type);
-        put(&mut b, 16, size_word);
-        b[24..28].copy_from_slice(&digits[0].to_le_bytes());
-        b[28..32].copy_from_slice(&digits[1].to_le_bytes());
+        let l = self.layout;
+        let d = l.long_digits as usize;
+        let mut b = vec![0u8; d + 8];
+        put(&mut b, l.ob_type, self.int_type);
+        put(&mut b, l.long_size, size_word);
+        b[d..d + 4].copy_from_slice(&digits[0].to_le_bytes());
+        b[d + 4..d + 8].copy_from_slice(&digits[1].to_le_bytes());
         self.alloc(0, b)
     }
 
@@ -154,12 +158,12 @@ impl Heap {
     }
 
     fn dict_object(&mut self, keys: u64, values: u64) -> u64 {
-        let mut b = vec![0u8; 48];
+        let l = self.layout;
+        let mut b = vec![0u8; (l.ma_values + 8) as usize];
         put(&mut b, 0, 1);
-        put(&mut b, layout::OB_TYPE, self.dict_type);
-        put(&mut b, 16, 0);
-        put(&mut b, layout::MA_KEYS, keys);
-        put(&mut b, layout::MA_VALUES, values);
+        put(&mut b, l.ob_type, self.dict_type);
+        put(&mut b, l.ma_keys, keys);
+        put(&mut b, l.ma_values, values);
         self.alloc(0, b)
     }
 
@@ -187,7 +191,7 @@ impl Heap {
                 let dict = self.dict_object(shared, array);
                 let ty = self.type_object(flags::HEAPTYPE, 32, 16, 0);
                 let mut b = vec![0u8; 32];
-                put(&mut b, layout::OB_TYPE, ty);
+                put(&mut b, self.layout.ob_type, ty);
                 put(&mut b, 16, dict);
                 self.alloc(0, b)
             }
@@ -197,7 +201,7 @@ impl Heap {
                 let mut b = vec![0u8; 32 + 16];
                 put(&mut b, 0, array); // values pointer, 4 words before the object
                 put(&mut b, 8, 0); // dict pointer, 3 words before
-                put(&mut b, 32 + layout::OB_TYPE, ty);
+                put(&mut b, 32 + self.layout.ob_type, ty);
                 self.alloc(0, b) + 32
             }
             Instances::Managed312 => {
@@ -205,23 +209,27 @@ impl Heap {
                 let ty = self.type_object(flags::HEAPTYPE | flags::MANAGED_DICT, 16, -1, shared);
                 let mut b = vec![0u8; 24 + 16];
                 put(&mut b, 0, array - 1); // tagged values pointer, 3 words before
-                put(&mut b, 24 + layout::OB_TYPE, ty);
+                put(&mut b, 24 + self.layout.ob_type, ty);
                 self.alloc(0, b) + 24
             }
             Instances::Inline313 => {
+                // The managed dict pointer (null) before the object, the header, then the
+                // inline values at `tp_basicsize`.
+                let l = self.layout;
+                let lead = l.managed_dict_before;
                 let ty = self.type_object(
                     flags::HEAPTYPE | flags::MANAGED_DICT | flags::INLINE_VALUES,
-                    16,
+                    l.object_header,
                     -1,
                     shared,
                 );
-                let mut b = vec![0u8; 24 + 16];
-                put(&mut b, 24 + layout::OB_TYPE, ty);
+                let mut b = vec![0u8; (lead + l.object_header) as usize];
+                put(&mut b, lead + l.ob_type, ty);
                 b.extend([values.len() as u8, values.len() as u8, 1, 1, 0, 0, 0, 0]);
                 for v in &values {
                     b.extend(v.to_le_bytes());
                 }
-                self.alloc(0, b) + 24
+                self.alloc(0, b) + lead
             }
         }
     }
@@ -236,7 +244,21 @@ fn layouts() -> Vec<Layout> {
         .map(|minor| Layout::builtin(Version::new(3, minor, 0)).unwrap())
         .collect();
     all.push(Layout::from_debug_offsets(&layout::tests::debug_offsets_3_13()).unwrap());
+    all.push(Layout::from_debug_offsets(&layout::tests::debug_offsets_3_15()).unwrap());
+    all.extend(free_threaded_layouts());
     all
+}
+
+/// The layouts of free-threaded 3.13t, 3.14t and 3.15t.
+fn free_threaded_layouts() -> Vec<Layout> {
+    [
+        layout::tests::debug_offsets_3_13t(),
+        layout::tests::debug_offsets_3_14t(),
+        layout::tests::debug_offsets_3_15t(),
+    ]
+    .iter()
+    .map(|table| Layout::from_debug_offsets(table).unwrap())
+    .collect()
 }
 
 #[test]
@@ -365,7 +387,7 @@ fn corrupt_dicts_are_errors_not_panics() {
         let mut heap = Heap::new(layout);
         let k = heap.str("k");
         let dict = heap.dict(&[(k, k)], true);
-        let keys = heap.mem.u64(dict + layout::MA_KEYS).unwrap();
+        let keys = heap.mem.u64(dict + layout.ma_keys).unwrap();
         let mut types = HashMap::new();
         // Every byte of the keys header set to 0xff in turn.
         for at in 0..40 {
@@ -427,10 +449,16 @@ fn materialized_instance_dicts_are_read_too() {
         let mut heap = Heap::new(layout);
         let (key, name) = (heap.str("_name"), heap.str("renamed"));
         let dict = heap.dict(&[(key, name)], true);
-        let ty = heap.type_object(flags::HEAPTYPE | flags::MANAGED_DICT, 16, -1, 0);
-        let mut b = vec![0u8; 32 + 16];
-        b[8..16].copy_from_slice(&dict.to_le_bytes()); // 3 words before the object
-        b[32 + 8..32 + 16].copy_from_slice(&ty.to_le_bytes());
+        let ty = heap.type_object(
+            flags::HEAPTYPE | flags::MANAGED_DICT,
+            layout.object_header,
+            -1,
+            0,
+        );
+        // The dict pointer 3 words before the object (1 in a free-threaded build).
+        let mut b = vec![0u8; (32 + layout.object_header) as usize];
+        put(&mut b, 32 - layout.managed_dict_before, dict);
+        put(&mut b, 32 + layout.ob_type, ty);
         let obj = heap.alloc(0, b) + 32;
         let mut types = HashMap::new();
         let mut reader = Reader::new(&heap.mem, &layout, &mut types);
@@ -618,17 +646,18 @@ impl Heap {
         let mut text = name.as_bytes().to_vec();
         text.resize(text.len().max(64), 0);
         let name = self.alloc(0, text);
-        let mut t = vec![0u8; (layout::TP_DICTOFFSET + 8) as usize];
-        put(&mut t, layout::TP_NAME, name);
+        let mut t = vec![0u8; (self.layout.tp_dictoffset + 8) as usize];
+        put(&mut t, self.layout.tp_name, name);
         self.alloc(0, t)
     }
 
     /// An object of type `ty` whose words after the header are `words`.
     fn object(&mut self, ty: u64, words: &[u64]) -> u64 {
-        let mut b = vec![0u8; 16 + 8 * words.len()];
-        put(&mut b, layout::OB_TYPE, ty);
+        let h = self.layout.object_header;
+        let mut b = vec![0u8; (h + 8 * words.len() as u64) as usize];
+        put(&mut b, self.layout.ob_type, ty);
         for (i, &w) in words.iter().enumerate() {
-            put(&mut b, 16 + 8 * i as u64, w);
+            put(&mut b, h + 8 * i as u64, w);
         }
         self.alloc(0, b)
     }
@@ -678,5 +707,97 @@ fn weak_sets_give_their_live_referents_only() {
         let mut types = HashMap::new();
         let mut reader = Reader::new(&heap.mem, &layout, &mut types);
         assert!(reader.set_items(huge).is_err());
+    }
+}
+
+/// The names of Python threads as a free-threaded build keeps them: ASCII, Latin-1, UCS-2
+/// and UCS-4 compact strings and names longer than one read.
+const FREE_THREADED_NAMES: [&str; 5] = [
+    "MainThread",
+    "café-worker",
+    "名前-pool_3",
+    "🧵 spinner",
+    "a name longer than what is read with its header, repeated: \
+     a name longer than what is read with its header",
+];
+
+/// Every free-threaded layout (3.13t, 3.14t, 3.15t): each `threading._active` entry gives
+/// its kernel thread and its name, read through the 32-byte object header, the managed
+/// dict one word before the object, the inline values and the version's string state bits.
+#[test]
+fn free_threaded_builds_read_thread_names() {
+    for layout in free_threaded_layouts() {
+        let mut heap = Heap::new(layout);
+        let mut active = Vec::new();
+        for (i, text) in FREE_THREADED_NAMES.iter().enumerate() {
+            let tid = 5000 + i as u64;
+            let (name, native) = (heap.str(text), heap.int(tid));
+            let thread = heap.instance(&[("_name", name), ("_native_id", native)]);
+            active.push((heap.int(0x7f00_0000 + i as u64), thread));
+        }
+        let active = heap.dict(&active, false);
+        let tasks = Tasks::same_ids((5000..5010).collect());
+        let mut types = HashMap::new();
+        let mut reader = Reader::new(&heap.mem, &layout, &mut types);
+        let mut names = Vec::new();
+        for (key, thread) in reader.dict_items(active).unwrap() {
+            let found = thread_name(&mut reader, key, thread, &HashMap::new(), &tasks);
+            names.push(found.unwrap().unwrap());
+        }
+        let expected: Vec<(u32, String)> = FREE_THREADED_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (5000 + i as u32, n.to_string()))
+            .collect();
+        assert_eq!(names, expected, "{:?}", layout.version);
+    }
+}
+
+/// A string read with the other state bits of its build (3.14t's read as 3.13t's, and
+/// the reverse) is refused or read as another kind, never as the name: the bits matter.
+#[test]
+fn free_threaded_string_state_bits_differ_by_version() {
+    let layouts = free_threaded_layouts();
+    let (ft13, ft14) = (layouts[0], layouts[1]);
+    assert_eq!(ft13.string_state, layout::StringState::BITS);
+    assert_eq!(ft14.string_state, layout::StringState::INTERNED_BYTE);
+    let mut heap = Heap::new(ft14);
+    let s = heap.str("名前");
+    let mut types = HashMap::new();
+    let mut reader = Reader::new(&heap.mem, &ft14, &mut types);
+    assert_eq!(reader.string(s).unwrap(), "名前");
+    let mut types = HashMap::new();
+    let mut reader = Reader::new(&heap.mem, &ft13, &mut types);
+    assert_ne!(reader.string(s).ok().as_deref(), Some("名前"));
+}
+
+/// A free-threaded build has no GIL: none is found even where a GIL build of the same
+/// version keeps its pointer, so no futex wait is counted as a GIL wait.
+#[test]
+fn free_threaded_builds_have_no_gil() {
+    let gil_build = Layout::from_debug_offsets(&layout::tests::debug_offsets_3_13()).unwrap();
+    let free = free_threaded_layouts();
+    // 3.13t's table has 3.13's runtime and interpreter offsets.
+    assert_eq!(
+        (
+            free[0].runtime_interpreters_head,
+            gil_build.interp_gil_pointer
+        ),
+        (gil_build.runtime_interpreters_head, Some(16))
+    );
+    let mut mem = FakeMemory::new();
+    let (runtime, interp, gil) = (0x10_0000u64, 0x20_0000u64, 0x30_0000u64);
+    let mut r = vec![0u8; 4096];
+    put(&mut r, gil_build.runtime_interpreters_head + 8, interp); // interpreters.main
+    mem.map(runtime, r);
+    let mut i = vec![0u8; 4096];
+    put(&mut i, 16, gil); // ceval.gil
+    mem.map(interp, i);
+    assert_eq!(
+        gil_state(&mem, &gil_build, runtime).unwrap(),
+        Some(gil..gil + layout::GIL_STATE_SIZE)
+    );
+    for layout in free {
+        assert_eq!(gil_state(&mem, &layout, runtime).unwrap(), None);
     }
 }

@@ -51,6 +51,8 @@ enum Message {
 pub struct Outcome {
     /// The interpreter's version, once it was found.
     pub version: Option<Version>,
+    /// The interpreter is a free-threaded build: it has no GIL.
+    pub free_threaded: bool,
     /// The latest `threading` name seen of each kernel thread.
     pub names: HashMap<u32, String>,
     /// Threads seen with a Python thread state or `Thread` object.
@@ -222,6 +224,7 @@ impl Worker {
             match Interpreter::attach_excluding(self.pid, &mut self.not_python) {
                 Ok(Some(interpreter)) => {
                     self.outcome.version = Some(interpreter.version());
+                    self.outcome.free_threaded = interpreter.free_threaded();
                     self.interpreter = Some(interpreter);
                 }
                 Ok(None) => return,
@@ -355,7 +358,8 @@ impl Names {
         }
         let waited = self.gil_waits.get(&tid).copied();
         let is_python = self.outcome.python_tids.contains(&tid) || waited.is_some();
-        if self.outcome.gil.is_some() && is_python {
+        // A free-threaded build has no GIL: its threads' GIL wait stays null.
+        if self.outcome.gil.is_some() && !self.outcome.free_threaded && is_python {
             thread.gil_wait_ns = Some(waited.unwrap_or(0));
         }
     }
@@ -427,6 +431,24 @@ mod tests {
         );
         assert_eq!(native.gil_wait_ns, None);
         assert!(names.warning().is_none());
+    }
+
+    /// A free-threaded build's threads get their names, and no GIL wait (null), even with
+    /// futex waits that would count for a GIL build.
+    #[test]
+    fn free_threaded_builds_name_threads_with_null_gil_waits() {
+        let mut names = Names::default();
+        names.outcome.free_threaded = true;
+        names.outcome.names.insert(1, "MainThread".into());
+        names.outcome.python_tids.insert(1);
+        names.outcome.gil = Some(0x1000..0x10d0);
+        names.gil_waits.insert(1, 5_000);
+        let mut main = summary_of(1, "python3.14t");
+        names.label(&mut main);
+        assert_eq!(
+            (main.name.as_str(), main.name_source, main.gil_wait_ns),
+            ("MainThread", "python", None)
+        );
     }
 
     #[test]
