@@ -135,6 +135,22 @@ fn python_thread_names_on_every_version() {
             &python.launch(false).execs,
             &python.label(),
         );
+        // The summary names the interpreter read: its version as far as the interpreter
+        // tells it (3.13 and later their micro version too, earlier ones major and minor).
+        let read = summary["python"]["version"].as_str().unwrap_or_default();
+        assert!(
+            !read.is_empty()
+                && (python.version == read || python.version.starts_with(&format!("{read}."))),
+            "{}: {:#}",
+            python.label(),
+            summary["python"]
+        );
+        assert_eq!(
+            summary["python"]["free_threaded"],
+            false,
+            "{}",
+            python.label()
+        );
         // The names are kept whole in the file, whatever their script.
         for name in ["名前-スレッド-ünïcödé", "émoji-🧵-thread", "café-crème"] {
             assert!(

@@ -315,7 +315,7 @@ fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
         let label = std::env::var("TRACER_BENCH_BASELINE_LABEL").unwrap_or_default();
         let _ = writeln!(
             text,
-            "The baseline is the daemon of the build `{BASELINE_ENV}` names{}{label}, in the              same rounds.",
+            "The baseline is the daemon of the build `{BASELINE_ENV}` names{}{label}, in the same rounds.",
             if label.is_empty() { "" } else { ": " },
         );
     }

@@ -27,6 +27,9 @@ const THREADS_EACH: usize = 2_000;
 const SCRAPES: usize = 21;
 /// How long Prometheus scrapes each daemon.
 const PROMETHEUS_FOR: Duration = Duration::from_secs(15);
+/// How long after their start the workload's threads are scraped: past the default
+/// `blocked_min_secs`, so that each is in `tracer_thread_blocked_seconds`.
+const BLOCKED_STEADY: Duration = Duration::from_secs(12);
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 /// The label of the build under test.
 const THIS_BUILD: &str = "this build";
@@ -186,6 +189,7 @@ fn row(build: &Build, budget: Budget, executables: &[PathBuf], scratch: &Path) -
     std::fs::write(&config, budget.config(build))?;
     let daemon = Daemon::start_binary(&build.binary, Some(&config))?;
     let workload = Workload::start(executables)?;
+    let started = Instant::now();
     // Every thread is known to the daemon (and has run, so is in the kernel map).
     let want = (PROCESSES * (THREADS_EACH + 1)) as f64;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -203,6 +207,11 @@ fn row(build: &Build, budget: Budget, executables: &[PathBuf], scratch: &Path) -
             bail!("the daemon knows {known} of {want} threads");
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // The steady state: every thread asleep for longer than `blocked_min_secs` (10 s by
+    // default), so that it has its `tracer_thread_blocked_seconds` too.
+    if let Some(left) = BLOCKED_STEADY.checked_sub(started.elapsed()) {
+        std::thread::sleep(left);
     }
     let timed = |gzip: bool| -> Result<(Vec<f64>, Vec<u8>, bool)> {
         let mut times = Vec::new();
@@ -358,7 +367,8 @@ fn table(rows: &[Row]) -> String {
     let mut text = format!(
         "`tracer daemon` while {PROCESSES} processes of their own names (`svc-0` to `svc-{}`, copies of \
          `thread-workload idle`) hold {THREADS_EACH} threads each, blocked: {} threads in all, each in the \
-         kernel map. {SCRAPES} sequential `GET /metrics` over loopback, plain and then with \
+         kernel map and, scraped {} s after their start, each blocked for longer than \
+         `blocked_min_secs` (so in `tracer_thread_blocked_seconds` too). {SCRAPES} sequential `GET /metrics` over loopback, plain and then with \
          `Accept-Encoding: gzip`, each collecting from the kernel map and writing the text (client-side \
          time, the transfer included); then a Prometheus of its own scrapes the daemon every second for \
          {} s (its `scrape_duration_seconds` over the last {} s, its last `scrape_samples_scraped`, its \
@@ -367,6 +377,7 @@ fn table(rows: &[Row]) -> String {
          (every thread named).\n\n",
         PROCESSES - 1,
         PROCESSES * THREADS_EACH,
+        BLOCKED_STEADY.as_secs(),
         PROMETHEUS_FOR.as_secs(),
         PROMETHEUS_FOR.as_secs() - 2,
     );

@@ -25,10 +25,22 @@ pub struct Summary {
     pub lost_events: u64,
     /// `lost_events` by event kind (`switch`, `waking`, ...), the kinds with losses only.
     pub lost_events_by_kind: BTreeMap<&'static str, u64>,
+    /// The CPython interpreter of the process, when it runs one that tracer read.
+    pub python: Option<PythonSummary>,
     pub threads: Vec<ThreadSummary>,
     /// Cycles of threads blocked at the end, each waiting for the next (`waiting_for_tid`),
     /// from its smallest tid.
     pub deadlocks: Vec<Vec<u32>>,
+}
+
+/// The CPython interpreter a capture's process runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct PythonSummary {
+    /// `3.14.10`.
+    pub version: String,
+    /// A free-threaded build (`Py_GIL_DISABLED`): there is no GIL, so every thread's
+    /// `gil_wait_ns` is null.
+    pub free_threaded: bool,
 }
 
 /// One thread of a capture. Counters cover the capture only.

@@ -144,6 +144,7 @@ mod tests {
             lost_events_by_kind: Default::default(),
             threads,
             deadlocks: vec![vec![11, 12]],
+            python: None,
         };
         let text = render(&summary);
         let row = text.lines().find(|l| l.contains("locker-a")).unwrap();

@@ -22,7 +22,7 @@ use crate::{
         events::Event,
         jsonl::EventWriter,
         perfetto::TraceWriter,
-        summary::{Counters, SCHEMA, Summary, ThreadSummary},
+        summary::{Counters, PythonSummary, SCHEMA, Summary, ThreadSummary},
         table,
         threads::ThreadTable,
     },
@@ -462,6 +462,10 @@ fn summarize(
             .map(|(kind, &n)| (kind.name(), n))
             .collect(),
         deadlocks: blocked::deadlocks(&waits),
+        python: names.outcome.version.map(|version| PythonSummary {
+            version: version.to_string(),
+            free_threaded: names.outcome.free_threaded,
+        }),
         threads,
     }
 }

@@ -886,6 +886,7 @@ mod tests {
                 .map(|t| ThreadSummary::new(t, Counters::default()))
                 .collect(),
             deadlocks: Vec::new(),
+            python: None,
         };
         w.finish(&summary, &table).unwrap();
         let bytes = std::fs::read(&path).unwrap();
