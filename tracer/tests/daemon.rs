@@ -11,7 +11,7 @@ use std::{
 
 use support::{
     prom::{find, value},
-    services::{PYTHON_SERVICE, cpu_seconds_of, start_until_first_line},
+    services::{PYTHON_SERVICE, cpu_seconds_of, start_until_first_line, switches_of},
     *,
 };
 
@@ -424,21 +424,13 @@ sys.stdin.read()
         .split_whitespace()
         .map(|t| t.parse().unwrap())
         .collect();
-    let switches = |tid: u32| {
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap();
-        status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches"))
-            .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
-            .sum::<u64>()
-    };
     // Every idle thread is asleep on the event before the daemon starts (the last ones
     // started may still be on their way to it when their ids are printed).
     std::thread::sleep(Duration::from_millis(200));
     let daemon = Daemon::start(&[], &[]);
-    let before: Vec<u64> = tids.iter().map(|&t| switches(t)).collect();
+    let before: Vec<u64> = tids.iter().map(|&t| switches_of(t)).collect();
     let samples = daemon.samples();
-    let after: Vec<u64> = tids.iter().map(|&t| switches(t)).collect();
+    let after: Vec<u64> = tids.iter().map(|&t| switches_of(t)).collect();
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
     for (i, tid) in tids.iter().enumerate() {
@@ -500,15 +492,7 @@ sys.stdin.read()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let tid: u32 = lines.next().unwrap().unwrap().trim().parse().unwrap();
-    let kernel = || {
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap();
-        let switches: u64 = status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches"))
-            .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
-            .sum();
-        (switches, cpu_seconds_of(tid))
-    };
+    let kernel = || (switches_of(tid), cpu_seconds_of(tid));
     // The thread is asleep on `go` before the daemon starts.
     std::thread::sleep(Duration::from_millis(200));
     let before = kernel();

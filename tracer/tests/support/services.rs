@@ -243,6 +243,17 @@ t.start()
 t.join()
 "#;
 
+/// The kernel's count of thread `tid`'s switches, voluntary and involuntary
+/// (`/proc/TID/status`).
+pub fn switches_of(tid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).unwrap();
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches"))
+        .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// The CPU time the kernel counts for thread `tid`, in seconds.
 pub fn cpu_seconds_of(tid: u32) -> f64 {
     let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).unwrap();
