@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use tracer_common::thread::{HISTOGRAM_BUCKETS, ThreadStats};
 
-use super::state::{FastMap, State};
+use super::state::{FastMap, Monotonic, State, clamp_to_reported};
 
 /// The histograms of one thread, or of all threads of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +52,10 @@ impl Hists {
             *a = a.wrapping_add(*b);
         }
     }
+}
 
-    /// Raises every bucket to at least `floor`'s: counts never go backwards.
+impl Monotonic for Hists {
+    /// Raises every bucket to at least `floor`'s.
     fn at_least(&mut self, floor: &Self) {
         for (a, b) in self.runqueue.iter_mut().zip(&floor.runqueue) {
             *a = (*a).max(*b);
@@ -93,17 +95,7 @@ impl State {
         for (name, hists) in &self.retired_hists {
             by_process.entry(name.clone()).or_default().add(hists);
         }
-        for (name, hists) in &mut by_process {
-            match self.reported_hists.get_mut(name) {
-                Some(previous) => {
-                    hists.at_least(previous);
-                    previous.clone_from(hists);
-                }
-                None => {
-                    self.reported_hists.insert(name.clone(), hists.clone());
-                }
-            }
-        }
+        clamp_to_reported(&mut by_process, &mut self.reported_hists);
         by_process
     }
 

@@ -121,10 +121,40 @@ impl Values {
     pub fn add(&mut self, other: &Self) {
         self.zip_with(other, u64::wrapping_add);
     }
+}
 
-    /// Raises every field to at least `floor`'s: counters must never go backwards.
-    pub fn at_least(&mut self, floor: &Self) {
+impl Monotonic for Values {
+    fn at_least(&mut self, floor: &Self) {
         self.zip_with(floor, u64::max);
+    }
+}
+
+/// Counts exported as counters, which must never go backwards.
+pub(super) trait Monotonic: Clone {
+    /// Raises every count to at least `floor`'s.
+    fn at_least(&mut self, floor: &Self);
+}
+
+/// Raises each of `live` to what was last exported under its key in `reported`, and keeps
+/// it there as the last exported.
+pub(super) fn clamp_to_reported<K, V, S, T>(
+    live: &mut HashMap<K, V, S>,
+    reported: &mut HashMap<K, V, T>,
+) where
+    K: Eq + std::hash::Hash + Clone,
+    V: Monotonic,
+    T: std::hash::BuildHasher,
+{
+    for (key, values) in live.iter_mut() {
+        match reported.get_mut(key) {
+            Some(previous) => {
+                values.at_least(previous);
+                previous.clone_from(values);
+            }
+            None => {
+                reported.insert(key.clone(), values.clone());
+            }
+        }
     }
 }
 
@@ -336,17 +366,7 @@ impl State {
         for (key, (values, _)) in &self.retired {
             live.entry(key.clone()).or_default().add(values);
         }
-        for (key, values) in live.iter_mut() {
-            match self.reported.get_mut(key) {
-                Some(previous) => {
-                    values.at_least(previous);
-                    previous.clone_from(values);
-                }
-                None => {
-                    self.reported.insert(key.clone(), values.clone());
-                }
-            }
-        }
+        clamp_to_reported(live, &mut self.reported);
         // Series whose threads are all gone stay until they expire.
         self.reported.retain(|key, _| live.contains_key(key));
     }
