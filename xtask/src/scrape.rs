@@ -1,8 +1,9 @@
 //! `cargo xtask bench`'s scrape section: one `/metrics` scrape of a host with 10 000 threads
-//! (five processes of their own names), plain and gzip-compressed, with the daemon's memory,
+//! (in processes of their own names), plain and gzip-compressed, with the daemon's memory,
 //! and a real Prometheus scraping it every second; for this build and, side by side, the
-//! baseline build named by `TRACER_BENCH_BASELINE`, under the default series budget and one
-//! large enough that every thread is named.
+//! baseline build named by `TRACER_BENCH_BASELINE`, under the default series budget (with
+//! few big processes, and with so many that `max_series` is what bounds them) and one large
+//! enough that every thread is named.
 
 use std::{
     fmt::Write as _,
@@ -19,10 +20,8 @@ use super::bench::{Daemon, Section, median, process_usage};
 
 /// Another tracer binary (an earlier build) measured in the same run.
 const BASELINE_ENV: &str = "TRACER_BENCH_BASELINE";
-/// Processes of the workload, each with a name of its own.
-const PROCESSES: usize = 5;
-/// Threads of each.
-const THREADS_EACH: usize = 2_000;
+/// Threads of the workload's host.
+const THREADS: usize = 10_000;
 /// Scrapes timed per row, plain and compressed.
 const SCRAPES: usize = 21;
 /// How long Prometheus scrapes each daemon.
@@ -69,10 +68,39 @@ impl Budget {
     }
 }
 
+/// How the host's threads are spread over processes, each with a name of its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Host {
+    processes: usize,
+}
+
+impl Host {
+    /// Five processes of 2000 threads: each over `max_threads_per_process`.
+    const FEW: Self = Self { processes: 5 };
+    /// Forty of 250: together over `max_series`, which shares it among them.
+    const MANY: Self = Self { processes: 40 };
+
+    fn threads_each(self) -> usize {
+        THREADS / self.processes
+    }
+
+    fn name(self) -> String {
+        format!("{} × {}", self.processes, self.threads_each())
+    }
+}
+
+/// A row's configuration.
+const CASES: [(Budget, Host); 3] = [
+    (Budget::Default, Host::FEW),
+    (Budget::Default, Host::MANY),
+    (Budget::Everything, Host::FEW),
+];
+
 /// What one row measured.
 struct Row {
     build: String,
     budget: Budget,
+    host: Host,
     thread_series: usize,
     time_series: usize,
     plain_bytes: usize,
@@ -128,21 +156,33 @@ fn rows(root: &Path, scratch: &Path) -> Result<Vec<Row>> {
     });
     // The workload's processes are named by their executables.
     let workload = root.join("target/release/thread-workload");
-    let executables: Vec<PathBuf> = (0..PROCESSES)
+    let most = CASES
+        .iter()
+        .map(|(_, host)| host.processes)
+        .max()
+        .unwrap_or(0);
+    let executables: Vec<PathBuf> = (0..most)
         .map(|i| {
             let path = scratch.join(format!("svc-{i}"));
             std::fs::copy(&workload, &path).map(|_| path)
         })
         .collect::<std::io::Result<_>>()?;
     let mut rows = Vec::new();
-    for budget in [Budget::Default, Budget::Everything] {
+    for (budget, host) in CASES {
         for build in &builds {
             eprintln!(
-                "xtask: scrape at 10 000 threads: {}, {}",
+                "xtask: scrape at {THREADS} threads ({}): {}, {}",
+                host.name(),
                 build.label,
                 budget.name()
             );
-            rows.push(row(build, budget, &executables, scratch)?);
+            rows.push(row(
+                build,
+                budget,
+                host,
+                &executables[..host.processes],
+                scratch,
+            )?);
         }
     }
     Ok(rows)
@@ -152,20 +192,20 @@ fn rows(root: &Path, scratch: &Path) -> Result<Vec<Row>> {
 struct Workload(Vec<Child>);
 
 impl Workload {
-    /// Starts every executable with [`THREADS_EACH`] idle threads; returns once all exist.
-    fn start(executables: &[PathBuf]) -> Result<Self> {
+    /// Starts every executable with `threads` idle threads; returns once all exist.
+    fn start(executables: &[PathBuf], threads: usize) -> Result<Self> {
         let mut children = Workload(Vec::new());
         for exe in executables {
             let mut child = Command::new(exe)
                 .arg("idle")
-                .env("TRACER_IDLE_THREADS", THREADS_EACH.to_string())
+                .env("TRACER_IDLE_THREADS", threads.to_string())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()?;
             let mut line = String::new();
             BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
             children.0.push(child);
-            if line.trim() != format!("idle {THREADS_EACH}") {
+            if line.trim() != format!("idle {threads}") {
                 bail!("{}: {line:?}", exe.display());
             }
         }
@@ -184,14 +224,20 @@ impl Drop for Workload {
     }
 }
 
-fn row(build: &Build, budget: Budget, executables: &[PathBuf], scratch: &Path) -> Result<Row> {
+fn row(
+    build: &Build,
+    budget: Budget,
+    host: Host,
+    executables: &[PathBuf],
+    scratch: &Path,
+) -> Result<Row> {
     let config = scratch.join("tracer.toml");
     std::fs::write(&config, budget.config(build))?;
     let daemon = Daemon::start_binary(&build.binary, Some(&config))?;
-    let workload = Workload::start(executables)?;
+    let workload = Workload::start(executables, host.threads_each())?;
     let started = Instant::now();
     // Every thread is known to the daemon (and has run, so is in the kernel map).
-    let want = (PROCESSES * (THREADS_EACH + 1)) as f64;
+    let want = (host.processes * (host.threads_each() + 1)) as f64;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (_, body) = get(&daemon.addr, "/metrics", false)?;
@@ -241,6 +287,7 @@ fn row(build: &Build, budget: Budget, executables: &[PathBuf], scratch: &Path) -
     Ok(Row {
         build: build.label.clone(),
         budget,
+        host,
         thread_series: text
             .lines()
             .filter(|l| l.starts_with("tracer_thread_cpu_seconds_total{"))
@@ -365,29 +412,28 @@ fn mib(bytes: usize) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut text = format!(
-        "`tracer daemon` while {PROCESSES} processes of their own names (`svc-0` to `svc-{}`, copies of \
-         `thread-workload idle`) hold {THREADS_EACH} threads each, blocked: {} threads in all, each in the \
-         kernel map and, scraped {} s after their start, each blocked for longer than \
+        "`tracer daemon` while processes of their own names (`svc-0`, `svc-1`, ..., copies of \
+         `thread-workload idle`) hold {THREADS} threads in all, blocked, in 5 processes of 2000 threads \
+         or 40 of 250 (the host column), each in the kernel map and, scraped {} s after their start, each blocked for longer than \
          `blocked_min_secs` (so in `tracer_thread_blocked_seconds` too). {SCRAPES} sequential `GET /metrics` over loopback, plain and then with \
          `Accept-Encoding: gzip`, each collecting from the kernel map and writing the text (client-side \
          time, the transfer included); then a Prometheus of its own scrapes the daemon every second for \
          {} s (its `scrape_duration_seconds` over the last {} s, its last `scrape_samples_scraped`, its \
          RSS at the end). A thread series is one (process, thread) pair; a time series one sample line. \
-         Budgets: the default configuration, and `max_series = 20000`, `max_threads_per_process = 20000` \
-         (every thread named).\n\n",
-        PROCESSES - 1,
-        PROCESSES * THREADS_EACH,
+         Budgets: the default configuration (where 5 processes are each bounded by \
+         `max_threads_per_process`, 40 together by `max_series`), and `max_series = 20000`, \
+         `max_threads_per_process = 20000` (every thread named).\n\n",
         BLOCKED_STEADY.as_secs(),
         PROMETHEUS_FOR.as_secs(),
         PROMETHEUS_FOR.as_secs() - 2,
     );
     let _ = writeln!(
         text,
-        "| build | budget | thread series | time series | body | gzip body | scrape (median) | max | gzip scrape (median) | daemon RSS | Prometheus scrape (mean / max) | samples scraped | Prometheus RSS |"
+        "| build | budget | host | thread series | time series | body | gzip body | scrape (median) | max | gzip scrape (median) | daemon RSS | Prometheus scrape (mean / max) | samples scraped | Prometheus RSS |"
     );
     let _ = writeln!(
         text,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let (prom_time, samples, prom_rss) = match &r.prometheus {
@@ -404,9 +450,10 @@ fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {} | {:.1} MiB | {prom_time} | {samples} | {prom_rss} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} ms | {:.1} ms | {} | {:.1} MiB | {prom_time} | {samples} | {prom_rss} |",
             r.build,
             r.budget.name(),
+            r.host.name(),
             r.thread_series,
             r.time_series,
             mib(r.plain_bytes),
@@ -419,8 +466,26 @@ fn table(rows: &[Row]) -> String {
     }
     let _ = writeln!(
         text,
-        "\nTargets: under 50 ms and under 5 MiB of text at 10 000 threads."
+        "\nTargets: under 50 ms and under 5 MiB of text at {THREADS} threads. This build:"
     );
+    for r in rows.iter().filter(|r| r.build == THIS_BUILD) {
+        let met = |ok: bool| if ok { "met" } else { "missed" };
+        let _ = writeln!(
+            text,
+            "- {} budget, {}: median scrape {:.1} ms ({}), text {} ({}){}.",
+            r.budget.name(),
+            r.host.name(),
+            r.plain_ms,
+            met(r.plain_ms < 50.0),
+            mib(r.plain_bytes),
+            met(r.plain_bytes < 5 << 20),
+            r.prometheus.as_ref().map_or(String::new(), |p| format!(
+                "; Prometheus's own scrapes {:.1} ms on average ({})",
+                p.mean_scrape_s * 1e3,
+                met(p.mean_scrape_s < 0.05)
+            )),
+        );
+    }
     // This build against the baseline, budget by budget.
     let ratio = |a: f64, b: f64| {
         if b > 0.0 {
@@ -430,12 +495,11 @@ fn table(rows: &[Row]) -> String {
         }
     };
     let mut ratios = String::new();
-    for budget in [Budget::Default, Budget::Everything] {
+    for (budget, host) in CASES {
+        let case = |r: &&Row| r.budget == budget && r.host == host;
         let (Some(new), Some(old)) = (
-            rows.iter()
-                .find(|r| r.budget == budget && r.build == THIS_BUILD),
-            rows.iter()
-                .find(|r| r.budget == budget && r.build != THIS_BUILD),
+            rows.iter().filter(case).find(|r| r.build == THIS_BUILD),
+            rows.iter().filter(case).find(|r| r.build != THIS_BUILD),
         ) else {
             continue;
         };
@@ -445,8 +509,9 @@ fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             ratios,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             budget.name(),
+            host.name(),
             ratio(new.time_series as f64, old.time_series as f64),
             ratio(new.plain_bytes as f64, old.plain_bytes as f64),
             ratio(new.plain_ms, old.plain_ms),
@@ -460,8 +525,8 @@ fn table(rows: &[Row]) -> String {
         let _ = writeln!(
             text,
             "\nThis build against the baseline at the same budget (this build / baseline; below 1 is \
-             better), plain text:\n\n| budget | time series | body | scrape | daemon RSS | Prometheus \
-             scrape | samples scraped | Prometheus RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|\n{ratios}"
+             better), plain text:\n\n| budget | host | time series | body | scrape | daemon RSS | Prometheus \
+             scrape | samples scraped | Prometheus RSS |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n{ratios}"
         );
         if std::env::var_os(BASELINE_ENV).is_some() {
             let _ = writeln!(

@@ -12,6 +12,10 @@
 //! The kernel's own record of when a thread last ran (`se.exec_start`, in
 //! `/proc/TID/sched`) is in its run queue's task clock, which leaves out interrupt and steal
 //! time and drifts from `CLOCK_MONOTONIC`: it is not used.
+//!
+//! Reading `/proc` for a thread costs some 20 µs, so a host of 10 000 idle threads would
+//! make the scrape that sees them pass `blocked_min_secs` take 200 ms: [`read_ahead`] reads
+//! it in the background for every thread that a scrape in the next seconds may need.
 
 use tracer_common::thread::ThreadStats;
 
@@ -21,6 +25,8 @@ use crate::kernel::procfs;
 /// What the latest scrape saw of one thread.
 #[derive(Clone, Copy, Debug)]
 struct Seen {
+    /// Its process.
+    tgid: u32,
     /// Its switches out.
     snapshots: u32,
     /// When it may have last been switched out, at the earliest.
@@ -60,41 +66,11 @@ impl Sleepers {
         self.scrape += 1;
     }
 
-    /// Notes thread `tid` at a scrape at `now_ns`, with its kernel map entry (None when it
-    /// has none: it has not left a CPU since the attach). Returns since when it has not been
-    /// switched out at the latest (`now_ns` when it was just now).
-    pub fn note(&mut self, tid: u32, stats: Option<&ThreadStats>, now_ns: u64) -> u64 {
-        let (snapshots, since_ns) = match stats {
-            None => (0, self.attach_ns),
-            // Never switched out while traced: since the attach, or its birth.
-            Some(s) if s.snapshots == 0 => (0, s.since_ns.max(self.attach_ns)),
-            Some(s) => {
-                let unchanged = self
-                    .seen
-                    .get(&tid)
-                    .filter(|seen| seen.snapshots == s.snapshots);
-                let since = match unchanged {
-                    Some(seen) => seen.since_ns,
-                    None => {
-                        // Switched out since the previous scrape (or, for a thread not seen
-                        // before, since the attach); when exactly is known for a switch out
-                        // into a futex wait.
-                        let after = if self.seen.contains_key(&tid) {
-                            self.previous_ns
-                        } else {
-                            self.attach_ns
-                        };
-                        let asleep_at = s.futex_call.start_ns;
-                        if asleep_at > after && asleep_at <= now_ns {
-                            asleep_at
-                        } else {
-                            now_ns
-                        }
-                    }
-                };
-                (s.snapshots, since)
-            }
-        };
+    /// Notes thread `tid` of process `tgid` at a scrape at `now_ns`, with its kernel map entry
+    /// (None when it has none: it has not left a CPU since the attach). Returns since when it
+    /// has not been switched out at the latest (`now_ns` when it was just now).
+    pub fn note(&mut self, tid: u32, tgid: u32, stats: Option<&ThreadStats>, now_ns: u64) -> u64 {
+        let (snapshots, since_ns) = self.since(tid, stats.map(Look::of), now_ns);
         let asleep = self
             .seen
             .get(&tid)
@@ -103,6 +79,7 @@ impl Sleepers {
         self.seen.insert(
             tid,
             Seen {
+                tgid,
                 snapshots,
                 since_ns,
                 scrape: self.scrape,
@@ -110,6 +87,96 @@ impl Sleepers {
             },
         );
         since_ns
+    }
+
+    /// The switches out of thread `tid` with map entry `look` at `now_ns`, and since when it
+    /// has not been switched out at the latest.
+    fn since(&self, tid: u32, look: Option<Look>, now_ns: u64) -> (u32, u64) {
+        match look {
+            None => (0, self.attach_ns),
+            // Never switched out while traced: since the attach, or its birth.
+            Some(l) if l.snapshots == 0 => (0, l.since_ns.max(self.attach_ns)),
+            Some(l) => {
+                let seen = self.seen.get(&tid);
+                let since = match seen.filter(|seen| seen.snapshots == l.snapshots) {
+                    Some(seen) => seen.since_ns,
+                    None => {
+                        // Switched out since the previous scrape (or, for a thread not seen
+                        // before, since the attach); when exactly is known for a switch out
+                        // into a futex wait.
+                        let after = if seen.is_some() {
+                            self.previous_ns
+                        } else {
+                            self.attach_ns
+                        };
+                        let asleep_at = l.futex_start_ns;
+                        if asleep_at > after && asleep_at <= now_ns {
+                            asleep_at
+                        } else {
+                            now_ns
+                        }
+                    }
+                };
+                (l.snapshots, since)
+            }
+        }
+    }
+
+    /// Whether a scrape has been.
+    pub fn scraped(&self) -> bool {
+        self.scrape > 0
+    }
+
+    /// The threads whose `/proc` state a scrape before `now_ns + ahead_ns` may need and that
+    /// has not been read: those not switched out since the latest scrape would be asleep
+    /// for `min_ns` by then. Before the first scrape, `unseen` (thread and process ids and
+    /// map entries) are taken as the first scrape would see them.
+    pub fn due(
+        &mut self,
+        now_ns: u64,
+        min_ns: u64,
+        ahead_ns: u64,
+        unseen: Vec<(u32, u32, Option<Look>)>,
+    ) -> Vec<Due> {
+        if self.scrape == 0 {
+            for (tid, tgid, look) in unseen {
+                let (snapshots, since_ns) = self.since(tid, look, now_ns);
+                // Switched out just now, as far as the first scrape will know: from its time.
+                if since_ns == now_ns {
+                    continue;
+                }
+                self.seen.entry(tid).or_insert(Seen {
+                    tgid,
+                    snapshots,
+                    since_ns,
+                    scrape: 0,
+                    asleep: None,
+                });
+            }
+        }
+        let by = now_ns.saturating_add(ahead_ns);
+        self.seen
+            .iter()
+            .filter(|(_, seen)| seen.asleep.is_none() && seen.since_ns.saturating_add(min_ns) <= by)
+            .map(|(&tid, seen)| Due {
+                tid,
+                tgid: seen.tgid,
+                snapshots: seen.snapshots,
+                since_ns: seen.since_ns,
+            })
+            .collect()
+    }
+
+    /// Keeps what `/proc` showed of `due` while read ahead: it stands while the thread is
+    /// not switched out again (a scrape that saw it switched out since has forgotten it).
+    pub fn learn(&mut self, due: &Due, asleep: bool) {
+        if let Some(seen) = self.seen.get_mut(&due.tid)
+            && seen.snapshots == due.snapshots
+            && seen.since_ns == due.since_ns
+            && seen.asleep.is_none()
+        {
+            seen.asleep = Some(asleep);
+        }
     }
 
     /// Whether thread `tid` of process `tgid` is asleep as the kernel shows it (`S`, `D`,
@@ -130,6 +197,72 @@ impl Sleepers {
         let scrape = self.scrape;
         self.seen.retain(|_, seen| seen.scrape == scrape);
         self.previous_ns = now_ns;
+    }
+}
+
+/// What the sleepers take of a thread's kernel map entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Look {
+    snapshots: u32,
+    since_ns: u64,
+    futex_start_ns: u64,
+}
+
+impl Look {
+    pub fn of(stats: &ThreadStats) -> Self {
+        Self {
+            snapshots: stats.snapshots,
+            since_ns: stats.since_ns,
+            futex_start_ns: stats.futex_call.start_ns,
+        }
+    }
+}
+
+/// A thread whose `/proc` state is to be read ahead of the scrape that needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    tid: u32,
+    tgid: u32,
+    snapshots: u32,
+    since_ns: u64,
+}
+
+/// Reads ahead, once a second, whether the threads that the next scrapes may report are
+/// asleep (see [`Sleepers::due`]), outside the scrape and without holding `sleepers` while
+/// reading. `min_ns` gives `blocked_min_secs` in nanoseconds, `known` the threads known
+/// (thread and process ids and map entries, asked for only before the first scrape),
+/// `now_ns` the clock.
+pub fn read_ahead(
+    sleepers: &std::sync::Mutex<Sleepers>,
+    min_ns: impl Fn() -> u64,
+    known: impl Fn() -> Vec<(u32, u32, Option<Look>)>,
+    now_ns: impl Fn() -> u64,
+) -> ! {
+    const PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+    /// A scrape up to this long after a read-ahead finds what it read: the period and a
+    /// margin for the reading itself.
+    const AHEAD_NS: u64 = 2_500_000_000;
+    loop {
+        std::thread::sleep(PERIOD);
+        let min_ns = min_ns();
+        // Asked for before `sleepers` is locked: a scrape locks the state first.
+        let scraped = sleepers.lock().expect("sleepers lock").scraped();
+        let unseen = if scraped { Vec::new() } else { known() };
+        let due = sleepers
+            .lock()
+            .expect("sleepers lock")
+            .due(now_ns(), min_ns, AHEAD_NS, unseen);
+        if due.is_empty() {
+            continue;
+        }
+        let read: Vec<(Due, bool)> = due
+            .into_iter()
+            .map(|due| (due, procfs::thread_is_asleep(due.tgid, due.tid)))
+            .collect();
+        let mut sleepers = sleepers.lock().expect("sleepers lock");
+        for (due, asleep) in &read {
+            sleepers.learn(due, *asleep);
+        }
     }
 }
 
@@ -185,7 +318,7 @@ mod tests {
     /// One scrape at `now_ns` of thread 7.
     fn scrape(s: &mut Sleepers, stats: Option<&ThreadStats>, now_ns: u64) -> u64 {
         s.begin();
-        let since = s.note(7, stats, now_ns);
+        let since = s.note(7, 1, stats, now_ns);
         s.finish(now_ns);
         since
     }
@@ -221,6 +354,71 @@ mod tests {
         s.finish(2_000);
         // Seen again as new: since the attach at the earliest, so from this scrape.
         assert_eq!(scrape(&mut s, Some(&switched_out(2, 0)), 3_000), 3_000);
+    }
+
+    #[test]
+    fn read_ahead_covers_the_threads_a_coming_scrape_may_report_and_only_those() {
+        let min = 10_000;
+        let mut s = Sleepers::new(0);
+        // Before any scrape: threads known from /proc, as asleep since the attach.
+        let due = s.due(7_000, min, 2_500, vec![(7, 1, None)]);
+        assert!(due.is_empty(), "{due:?}");
+        let due = s.due(8_000, min, 2_500, vec![(7, 1, None)]);
+        assert_eq!(due.len(), 1);
+        s.learn(&due[0], true);
+        assert!(s.due(8_500, min, 2_500, Vec::new()).is_empty());
+        // The first scrape finds it not in the kernel map: what was read stands.
+        assert_eq!(scrape(&mut s, None, 10_500), 0);
+        assert_eq!(s.seen[&7].asleep, Some(true));
+        // Switched out since: from this scrape, read again when it nears `min`.
+        assert_eq!(scrape(&mut s, Some(&switched_out(1, 0)), 11_000), 11_000);
+        assert_eq!(s.seen[&7].asleep, None);
+        assert!(s.due(18_000, min, 2_500, Vec::new()).is_empty());
+        let due = s.due(19_000, min, 2_500, Vec::new());
+        assert_eq!(due.len(), 1);
+        // Switched out again before what was read is kept: it is not the thread's state now.
+        scrape(&mut s, Some(&switched_out(2, 0)), 19_500);
+        s.learn(&due[0], true);
+        assert_eq!(s.seen[&7].asleep, None);
+        // Known threads count only before the first scrape.
+        assert!(
+            s.due(100_000, min, 2_500, vec![(8, 1, None)])
+                .iter()
+                .all(|d| d.tid == 7)
+        );
+    }
+
+    #[test]
+    fn read_ahead_before_the_first_scrape_takes_threads_as_it_will() {
+        let min = 10_000;
+        let mut s = Sleepers::new(100);
+        // Born at 500 and never switched out; in a futex wait since 700; switched out, when
+        // not known; not in the map.
+        let born = ThreadStats::new(1, state::UNKNOWN, 500);
+        let unseen = || {
+            vec![
+                (1, 1, Some(Look::of(&born))),
+                (2, 1, Some(Look::of(&switched_out(1, 700)))),
+                (3, 1, Some(Look::of(&switched_out(1, 0)))),
+                (4, 1, None),
+            ]
+        };
+        let mut due = s.due(9_000, min, 2_500, unseen());
+        due.sort_by_key(|d| d.tid);
+        assert_eq!(due.iter().map(|d| d.tid).collect::<Vec<_>>(), [1, 2, 4]);
+        for d in &due {
+            s.learn(d, true);
+        }
+        s.begin();
+        assert_eq!(s.note(1, 1, Some(&born), 11_000), 500);
+        assert_eq!(s.note(2, 1, Some(&switched_out(1, 700)), 11_000), 700);
+        assert_eq!(s.note(3, 1, Some(&switched_out(1, 0)), 11_000), 11_000);
+        assert_eq!(s.note(4, 1, None, 11_000), 100);
+        s.finish(11_000);
+        for tid in [1, 2, 4] {
+            assert_eq!(s.seen[&tid].asleep, Some(true), "thread {tid}");
+        }
+        assert_eq!(s.seen[&3].asleep, None);
     }
 
     /// The calling thread's id.

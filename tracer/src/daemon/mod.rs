@@ -142,12 +142,45 @@ async fn serve(args: Args, config: Config) -> Result<()> {
     // would otherwise end the daemon with the default action.
     let signals = Signals::new()?;
     let poke = python::start(shared.clone());
+    start_read_ahead(shared.clone());
     tokio::spawn(http::serve(listener, shared.clone()));
     notify::notify("READY=1");
     eprintln!("tracer: serving metrics at http://{listen}/metrics");
     let result = event_loop(&args, &shared, ring, signals, &poke).await;
     notify::notify("STOPPING=1");
     result
+}
+
+/// Starts [`blocked::read_ahead`] on a thread of its own.
+fn start_read_ahead(shared: Arc<Shared>) {
+    let _ = std::thread::Builder::new()
+        .name("tracer-blocked".into())
+        .spawn(move || {
+            blocked::read_ahead(
+                &shared.sleepers,
+                || {
+                    let config = shared.config.read().expect("config lock");
+                    u64::try_from(config.1.blocked_min.as_nanos()).unwrap_or(u64::MAX)
+                },
+                || {
+                    let mut looks: state::FastMap<u32, blocked::Look> = state::FastMap::default();
+                    shared
+                        .probes
+                        .lock()
+                        .expect("probes lock")
+                        .for_each_thread(|tid, stats| {
+                            looks.insert(tid, blocked::Look::of(stats));
+                        });
+                    let state = shared.state.lock().expect("state lock");
+                    state
+                        .threads
+                        .iter()
+                        .map(|(&tid, t)| (tid, t.tgid, looks.get(&tid).copied()))
+                        .collect()
+                },
+                monotonic_ns,
+            )
+        });
 }
 
 /// The signals the daemon acts on.
@@ -414,7 +447,7 @@ impl Shared {
         let mut unswitched: Vec<(u32, u64)> = Vec::new();
         probes.for_each_thread(|tid, stats| {
             in_map.insert(tid, ());
-            unswitched.push((tid, sleepers.note(tid, Some(stats), now_ns)));
+            unswitched.push((tid, sleepers.note(tid, stats.tgid, Some(stats), now_ns)));
             let is_python = python.processes.contains(&stats.tgid);
             let now = running.iter().find(|(t, _)| *t == tid).map(|(_, now)| *now);
             let rebased = state.since_attach(tid, stats);
@@ -453,7 +486,7 @@ impl Shared {
             if in_map.contains_key(&tid) {
                 continue;
             }
-            unswitched.push((tid, sleepers.note(tid, None, now_ns)));
+            unswitched.push((tid, sleepers.note(tid, thread.tgid, None, now_ns)));
             let values = Values {
                 python: u64::from(python.processes.contains(&thread.tgid)),
                 ..Values::default()
