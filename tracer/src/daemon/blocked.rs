@@ -432,15 +432,7 @@ mod tests {
         // This thread is running: it reads its own state.
         let me = current_tid();
         let pid = std::process::id();
-        let key = |_| {
-            Some((
-                pid,
-                SeriesKey {
-                    process: "p".into(),
-                    thread: "t".into(),
-                },
-            ))
-        };
+        let key = |_| Some((pid, SeriesKey::new("p", "t")));
         assert!(gauges(&mut Sleepers::new(0), &[(me, 0)], &[], 10_000, 10, key).is_empty());
         assert!(gauges(&mut Sleepers::new(0), &[(me, 0)], &[me], 10_000, 10, key).is_empty());
         // A thread asleep in a channel receive for the test.

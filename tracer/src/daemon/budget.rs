@@ -202,10 +202,7 @@ impl State {
             self.other.insert(process.to_owned());
             OTHER.to_owned()
         };
-        SeriesKey {
-            process: process.to_owned(),
-            thread,
-        }
+        SeriesKey::new(process.to_owned(), thread)
     }
 }
 

@@ -180,6 +180,15 @@ impl Out {
     }
 }
 
+/// The escaped labels of the series of `thread` in the process identity `process`.
+pub fn series_labels(process: &str, thread: &str) -> String {
+    Out::labels(
+        &labels::label_pairs(process)
+            .chain([("thread", thread)])
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// The escaped labels of a process identity ([`labels`]).
 fn process_labels(process: &str) -> String {
     Out::labels(&labels::label_pairs(process).collect::<Vec<_>>())
@@ -202,10 +211,7 @@ fn push_u64(text: &mut String, mut n: u64) {
 
 /// Appends ASCII digits and points.
 fn push_ascii(text: &mut String, ascii: &[u8]) {
-    debug_assert!(ascii.is_ascii());
-    for &b in ascii {
-        text.push(char::from(b));
-    }
+    text.push_str(std::str::from_utf8(ascii).expect("ASCII digits"));
 }
 
 /// Appends `ns` nanoseconds as decimal seconds, exactly (`1.5`, `0.000001024`, `3`).
@@ -278,21 +284,8 @@ pub fn render(s: &Scrape) -> String {
         &|p| p.threads_alive,
     );
 
-    // Each series' labels, escaped once.
-    let series: Vec<(String, &Values)> = s
-        .series
-        .iter()
-        .map(|(k, v)| {
-            (
-                Out::labels(
-                    &labels::label_pairs(&k.process)
-                        .chain([("thread", &k.thread[..])])
-                        .collect::<Vec<_>>(),
-                ),
-                v,
-            )
-        })
-        .collect();
+    // Each series with its labels, escaped when the series was made.
+    let series: Vec<(&str, &Values)> = s.series.iter().map(|(k, v)| (k.labels(), v)).collect();
     if !series.is_empty() {
         let name = "tracer_thread_context_switches_total";
         out.header(
@@ -346,7 +339,7 @@ pub fn render(s: &Scrape) -> String {
             out.line(name, labels, None, Num::Seconds(v.futex_wait_ns));
         }
     }
-    let python: Vec<&(String, &Values)> = series.iter().filter(|(_, v)| v.python > 0).collect();
+    let python: Vec<&(&str, &Values)> = series.iter().filter(|(_, v)| v.python > 0).collect();
     if !python.is_empty() {
         let name = "tracer_python_gil_wait_seconds_total";
         out.header(
@@ -461,12 +454,7 @@ fn blocked_family(out: &mut Out, blocked: &FastMap<SeriesKey, u64>) {
          least blocked_min_secs; the longest of a series' threads.",
     );
     for (key, &ns) in blocked {
-        let labels = Out::labels(
-            &labels::label_pairs(&key.process)
-                .chain([("thread", &key.thread[..])])
-                .collect::<Vec<_>>(),
-        );
-        out.line(name, &labels, None, Num::Seconds(ns));
+        out.line(name, key.labels(), None, Num::Seconds(ns));
     }
 }
 
@@ -476,10 +464,7 @@ mod tests {
 
     #[test]
     fn untrusted_thread_names_are_escaped() {
-        let key = SeriesKey {
-            process: "app".into(),
-            thread: "evil\"} 1\nfake_metric{a=\"\\".into(),
-        };
+        let key = SeriesKey::new("app", "evil\"} 1\nfake_metric{a=\"\\");
         let scrape = Scrape {
             series: FastMap::from_iter([(key, Values::default())]),
             ..Scrape::default()
@@ -533,10 +518,7 @@ mod tests {
         };
         let mut hists = Hists::default();
         hists.futex[12] = 4;
-        let key = SeriesKey {
-            process: "p".into(),
-            thread: "t".into(),
-        };
+        let key = SeriesKey::new("p", "t");
         let text = render(&Scrape {
             series: FastMap::from_iter([(key, v.clone())]),
             processes: vec![ProcessRow {
@@ -590,10 +572,7 @@ mod tests {
 
     #[test]
     fn every_family_has_help_and_type_once() {
-        let key = SeriesKey {
-            process: "p".into(),
-            thread: "t".into(),
-        };
+        let key = SeriesKey::new("p", "t");
         let text = render(&Scrape {
             series: FastMap::from_iter([(key.clone(), Values::default())]),
             processes: vec![ProcessRow {

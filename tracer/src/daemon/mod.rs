@@ -12,7 +12,6 @@ mod python;
 pub mod state;
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
@@ -513,7 +512,7 @@ impl Shared {
         state.finish_scrape(&mut series);
         let mut hists = state.finish_hists(hists);
         // A process's run-queue and futex waits: those of all its series as exported.
-        let mut totals: HashMap<&str, Values> = HashMap::new();
+        let mut totals: state::FastMap<&str, Values> = state::FastMap::default();
         for (key, values) in &series {
             match totals.get_mut(key.process.as_str()) {
                 Some(total) => total.add(values),
@@ -522,7 +521,7 @@ impl Shared {
                 }
             }
         }
-        let mut alive: HashMap<&str, u64> = HashMap::new();
+        let mut alive: state::FastMap<&str, u64> = state::FastMap::default();
         for t in state.threads.values() {
             if let Some(name) = state.process_names.get(&t.tgid) {
                 *alive.entry(name.as_str()).or_default() += 1;

@@ -44,11 +44,74 @@ pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 /// The label of the series threads over a process's cap fold into.
 pub const OTHER: &str = "other";
 
-/// Identity of an exported per-thread series.
+/// Identity of an exported per-thread series. Shared, so that the threads of a series and
+/// every scrape's maps hold it without copying its names, and its exposition labels are
+/// escaped once, when the series is made.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SeriesKey {
+pub struct SeriesKey(std::sync::Arc<Series>);
+
+/// The names of a series.
+#[derive(Debug)]
+pub struct Series {
+    /// The process identity ([`super::labels`]).
     pub process: String,
+    /// The thread label.
     pub thread: String,
+    /// `process="…",thread="…"` (and `unit`, `container`), escaped.
+    labels: String,
+}
+
+impl SeriesKey {
+    /// The series of `thread` in the process identity `process`.
+    pub fn new(process: impl Into<String>, thread: impl Into<String>) -> Self {
+        let (process, thread) = (process.into(), thread.into());
+        let labels = super::metrics::series_labels(&process, &thread);
+        Self(std::sync::Arc::new(Series {
+            process,
+            thread,
+            labels,
+        }))
+    }
+
+    /// Its escaped exposition labels.
+    pub fn labels(&self) -> &str {
+        &self.0.labels
+    }
+}
+
+impl std::ops::Deref for SeriesKey {
+    type Target = Series;
+
+    fn deref(&self) -> &Series {
+        &self.0
+    }
+}
+
+impl PartialEq for Series {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.process, &self.thread) == (&other.process, &other.thread)
+    }
+}
+
+impl Eq for Series {}
+
+impl std::hash::Hash for Series {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.process.hash(state);
+        self.thread.hash(state);
+    }
+}
+
+impl PartialOrd for Series {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Series {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.process, &self.thread).cmp(&(&other.process, &other.thread))
+    }
 }
 
 /// The counters of one series (or one thread); its histograms count in its process's
@@ -373,17 +436,20 @@ impl State {
 
     /// Forgets series and process counts unseen for `expiry`, freeing their places under the cap.
     pub fn expire(&mut self, now: Instant, expiry: Duration) {
-        let live: HashSet<SeriesKey> = self
-            .threads
-            .values()
-            .filter_map(|t| t.series.clone())
-            .collect();
-        let expired: Vec<SeriesKey> = self
+        let mut expired: Vec<SeriesKey> = self
             .retired
             .iter()
-            .filter(|(key, (_, seen))| !live.contains(*key) && now.duration_since(*seen) >= expiry)
+            .filter(|(_, (_, seen))| now.duration_since(*seen) >= expiry)
             .map(|(key, _)| key.clone())
             .collect();
+        if !expired.is_empty() {
+            let live: HashSet<&SeriesKey> = self
+                .threads
+                .values()
+                .filter_map(|t| t.series.as_ref())
+                .collect();
+            expired.retain(|key| !live.contains(key));
+        }
         for key in expired {
             self.retired.remove(&key);
             self.reported.remove(&key);
@@ -478,10 +544,7 @@ mod tests {
     #[test]
     fn counters_never_go_backwards() {
         let mut state = State::default();
-        let key = SeriesKey {
-            process: "p".into(),
-            thread: "t".into(),
-        };
+        let key = SeriesKey::new("p", "t");
         state.finish_scrape(&mut FastMap::from_iter([(key.clone(), values(10))]));
         let mut lower = FastMap::from_iter([(key.clone(), values(9))]);
         state.finish_scrape(&mut lower);
