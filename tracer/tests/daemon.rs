@@ -764,12 +764,17 @@ fn python_threads_are_labelled_by_their_names_with_gil_waits() {
         );
         assert!(
             cpu > 0.0,
-            "no series for Python thread {thread}: {:#?}",
+            "no series for Python thread {thread}: {:#?}\nprocesses: {:?}\ndaemon log:\n{}",
             find(
                 &samples,
                 "tracer_thread_cpu_seconds_total",
                 &[("process", "io_vs_cpu")]
-            )
+            ),
+            find(&samples, "tracer_threads", &[])
+                .iter()
+                .map(|s| s.labels["process"].as_str())
+                .collect::<Vec<_>>(),
+            daemon.log.lock().unwrap()
         );
     }
     // Two CPU-bound threads share one GIL: each waits for it while the other runs.

@@ -3,7 +3,7 @@
 //! except that one needing less keeps what it needs, and one already holding more keeps what
 //! it holds (a thread's series is sticky once assigned); the rest split what is left.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{
     config::Compiled,
@@ -152,6 +152,7 @@ impl State {
             for (label, p) in threads {
                 let key = self.series_for_label(&process, label, cap);
                 if let Some(t) = self.threads.get_mut(&p.tid) {
+                    t.by_kernel_name = p.name.is_none() && key.thread != OTHER;
                     t.series = Some(key.clone());
                 }
                 admitted.push((key, p.values));
@@ -175,6 +176,67 @@ impl State {
                 && (key.thread == OTHER || rules.thread_label(&key.process, name) == key.thread);
             if !same {
                 thread.series = None;
+            }
+        }
+    }
+
+    /// Frees the series of the threads that were labelled by their kernel name before their
+    /// Python name (in `names`) was known, and whose Python name labels them otherwise, for
+    /// them to be admitted under it: a CPython thread is exported a scrape or two before its
+    /// interpreter has been read. Their counts move with them; a series left with no thread
+    /// is gone from the next scrape, and its place is free again.
+    pub fn label_by_python_names(&mut self, rules: &Compiled, names: &HashMap<u32, String>) {
+        let mut left: HashSet<SeriesKey> = HashSet::new();
+        for (tid, thread) in &mut self.threads {
+            if !thread.by_kernel_name {
+                continue;
+            }
+            let (Some(key), Some(name)) = (&thread.series, names.get(tid)) else {
+                continue;
+            };
+            thread.by_kernel_name = false;
+            if rules.thread_label(&key.process, name) != key.thread {
+                left.extend(thread.series.take());
+            }
+        }
+        self.free_places(left);
+    }
+
+    /// A process named in the middle of its `exec` has its name now: its threads leave the
+    /// series of the name it had, to be admitted under the new one.
+    pub fn process_renamed(&mut self, tgid: u32, name: String) {
+        let Some(old) = self.process_names.insert(tgid, name.clone()) else {
+            return;
+        };
+        if old == name {
+            return;
+        }
+        let mut left: HashSet<SeriesKey> = HashSet::new();
+        for thread in self.threads.values_mut() {
+            if thread.tgid == tgid && thread.series.as_ref().is_some_and(|k| k.process == old) {
+                left.extend(thread.series.take());
+            }
+        }
+        self.free_places(left);
+    }
+
+    /// Frees the places of the series in `left` that no thread, live or exited, counts in.
+    fn free_places(&mut self, mut left: HashSet<SeriesKey>) {
+        if left.is_empty() {
+            return;
+        }
+        for key in self.threads.values().filter_map(|t| t.series.as_ref()) {
+            left.remove(key);
+        }
+        for key in left {
+            if self.retired.contains_key(&key) {
+                continue;
+            }
+            if let Some(admitted) = self.admitted.get_mut(&key.process) {
+                admitted.remove(&key.thread);
+                if admitted.is_empty() {
+                    self.admitted.remove(&key.process);
+                }
             }
         }
     }
@@ -273,6 +335,85 @@ mod tests {
         assert_eq!(
             state.threads[&6].series.as_ref().map(|k| k.thread.as_str()),
             Some("w6")
+        );
+    }
+
+    /// A CPython process exported before its interpreter was read: its threads move to their
+    /// Python names' series once, and a later Python rename does not move them again.
+    #[test]
+    fn threads_exported_before_their_python_names_were_known_move_to_them_once() {
+        let rules = Config {
+            max_series: 3,
+            ..Config::default()
+        }
+        .compile()
+        .unwrap();
+        let mut state = State::default();
+        state.add_thread(1, 1, "python3".into());
+        state.add_thread(2, 1, "heartbeat-of-th".into());
+        let admitted = state.admit(vec![busy(1, 1), busy(2, 2)], &rules);
+        assert_eq!(labels(&admitted, "python3"), ["heartbeat-of-th", "python3"]);
+        let mut names: HashMap<u32, String> = [
+            (1, "MainThread".to_owned()),
+            (2, "heartbeat-of-the-ingest-service".to_owned()),
+        ]
+        .into();
+        state.label_by_python_names(&rules, &names);
+        let freed: Vec<Pending<'_>> = [1, 2]
+            .into_iter()
+            .filter(|tid| state.threads[tid].series.is_none())
+            .map(|tid| Pending {
+                name: names.get(&tid).map(String::as_str),
+                ..busy(tid, u64::from(tid))
+            })
+            .collect();
+        assert_eq!(
+            freed.len(),
+            2,
+            "both threads leave their kernel names' series"
+        );
+        let admitted = state.admit(freed, &rules);
+        // The kernel names' places are free again, so both fit in a budget of three.
+        assert_eq!(
+            labels(&admitted, "python3"),
+            ["MainThread", "heartbeat-of-the-ingest-service"]
+        );
+        assert_eq!(state.folded, 0);
+        let switches: u64 = admitted.iter().map(|(_, v)| v.voluntary_switches).sum();
+        assert_eq!(switches, 3, "the counts moved with the threads");
+        names.insert(2, "renamed-in-python".to_owned());
+        state.label_by_python_names(&rules, &names);
+        assert!(
+            state.threads.values().all(|t| t.series.is_some()),
+            "a thread labelled by its Python name keeps its series"
+        );
+    }
+
+    /// A process first named in the middle of its `exec` (by its interpreter, without its
+    /// script): its threads move to its script's name, other processes' threads stay.
+    #[test]
+    fn a_process_named_again_takes_its_threads_along() {
+        let rules = Config::default().compile().unwrap();
+        let mut state = State::default();
+        state.add_thread(1, 1, "python3".into());
+        state.add_thread(2, 1, "worker".into());
+        state.add_thread(10, 10, "python3".into());
+        state.admit(vec![busy(1, 1), busy(2, 1), busy(10, 1)], &rules);
+        state.process_renamed(1, "io_vs_cpu".into());
+        assert!(state.threads[&1].series.is_none() && state.threads[&2].series.is_none());
+        let admitted = state.admit(vec![busy(1, 1), busy(2, 1)], &rules);
+        assert_eq!(labels(&admitted, "io_vs_cpu"), ["python3", "worker"]);
+        assert_eq!(
+            state.threads[&10]
+                .series
+                .as_ref()
+                .map(|k| k.process.as_str()),
+            Some("python3"),
+            "another process of the old name keeps its series"
+        );
+        assert!(
+            !state.admitted["python3"].contains("worker"),
+            "the old name's place no thread holds is free"
         );
     }
 

@@ -50,6 +50,8 @@ const HARVEST_DELAY: Duration = Duration::from_millis(200);
 /// gets its series at the first scrape after it is drained, by the name known then, so the
 /// reading of a new Python thread's name has this long to find it first.
 const LIFECYCLE_DRAIN: Duration = Duration::from_millis(250);
+/// How long a process named without its command line is named again, at each drain.
+const UNSETTLED_FOR: Duration = Duration::from_secs(2);
 
 /// How often threads that exited unseen (lost events) are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -217,14 +219,16 @@ async fn event_loop(
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut last_sweep = Instant::now();
     let mut exited: Vec<(u32, u32, Instant)> = Vec::new();
+    let mut unsettled: Vec<(u32, Instant)> = Vec::new();
     loop {
         tokio::select! {
             _ = drain.tick() => {
                 while let Some(item) = ring.next() {
                     if let Some(event) = Event::decode(&item) {
-                        apply(shared, &event, &mut exited, poke);
+                        apply(shared, &event, &mut exited, &mut unsettled, poke);
                     }
                 }
+                settle_names(shared, &mut unsettled);
                 // Exited threads leave the kernel map promptly: under heavy thread churn
                 // their entries would otherwise crowd out new threads.
                 let now = Instant::now();
@@ -252,6 +256,7 @@ fn apply(
     shared: &Shared,
     event: &Event,
     exited: &mut Vec<(u32, u32, Instant)>,
+    unsettled: &mut Vec<(u32, Instant)>,
     poke: &std::sync::mpsc::Sender<python::Poke>,
 ) {
     let now = Instant::now();
@@ -266,7 +271,11 @@ fn apply(
     }
     .map(|(tgid, comm)| {
         let config = shared.config.read().expect("config lock");
-        (tgid, process_name(&config.1, tgid, &comm))
+        let (name, settled) = process_name_now(&config.1, tgid, &comm);
+        if !settled && !unsettled.iter().any(|&(t, _)| t == tgid) {
+            unsettled.push((tgid, now));
+        }
+        (tgid, name)
     });
     let mut state = shared.state.lock().expect("state lock");
     match event {
@@ -298,7 +307,16 @@ fn apply(
 /// `comm`: its name from its command line and executable by `rules` (from `comm` alone when
 /// /proc no longer has it), with its unit and container from its cgroup when `rules` asks.
 fn process_name(rules: &Compiled, tgid: u32, comm: &str) -> String {
-    let identity = Identity::of_process(tgid, comm).unwrap_or_else(|| Identity {
+    process_name_now(rules, tgid, comm).0
+}
+
+/// [`process_name`], and whether `/proc` showed all a name is made from: in the middle of an
+/// `exec` a process has its new executable and kernel name, but its command line (and with
+/// it a Python service's script) only a moment later.
+fn process_name_now(rules: &Compiled, tgid: u32, comm: &str) -> (String, bool) {
+    let identity = Identity::of_process(tgid, comm);
+    let settled = identity.as_ref().is_none_or(Identity::is_settled);
+    let identity = identity.unwrap_or_else(|| Identity {
         comm: comm.to_owned(),
         ..Identity::default()
     });
@@ -307,7 +325,41 @@ fn process_name(rules: &Compiled, tgid: u32, comm: &str) -> String {
     } else {
         Placement::default()
     };
-    labels::process_key(rules.namer.name(&identity), &placement, rules.labels)
+    (
+        labels::process_key(rules.namer.name(&identity), &placement, rules.labels),
+        settled,
+    )
+}
+
+/// Names again the processes named in the middle of an `exec` (see [`process_name_now`]),
+/// until `/proc` shows their command line or [`UNSETTLED_FOR`] has passed.
+fn settle_names(shared: &Shared, unsettled: &mut Vec<(u32, Instant)>) {
+    if unsettled.is_empty() {
+        return;
+    }
+    let config = shared.config.read().expect("config lock");
+    let now = Instant::now();
+    unsettled.retain(|&(tgid, since)| {
+        let comm = shared
+            .state
+            .lock()
+            .expect("state lock")
+            .threads
+            .get(&tgid)
+            .map(|t| t.comm.clone());
+        let Some(comm) = comm else {
+            return false;
+        };
+        let (name, settled) = process_name_now(&config.1, tgid, &comm);
+        if settled {
+            shared
+                .state
+                .lock()
+                .expect("state lock")
+                .process_renamed(tgid, name);
+        }
+        !settled && now.duration_since(since) < UNSETTLED_FOR
+    });
 }
 
 /// Whether a thread id handed to [`harvest`] may name a newer thread by now.
@@ -426,6 +478,7 @@ impl Shared {
         let probes = self.probes.lock().expect("probes lock");
         let mut state = self.state.lock().expect("state lock");
         let python = self.python.lock().expect("python lock");
+        state.label_by_python_names(rules, &python.names);
         let mut series: state::FastMap<state::SeriesKey, Values> =
             state::FastMap::with_capacity_and_hasher(state.threads.len(), Default::default());
         // Histograms by thread group id, of every thread in the map.

@@ -38,6 +38,19 @@ const FOLLOW_UPS: [Duration; 3] = [
     Duration::from_millis(600),
 ];
 
+/// Why a process's interpreter is looked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Cause {
+    /// It started threads: tried at most once a [`REFRESH`], so that a process that is not
+    /// Python and starts threads all the time costs little.
+    Thread,
+    /// Its interpreter could not be read when it started threads: tried again at the
+    /// [`FOLLOW_UPS`].
+    Retry,
+    /// It was renamed by `exec`: it is another program now.
+    Exec,
+}
+
 /// Why the scanner should look at a process.
 #[derive(Clone, Copy, Debug)]
 pub enum Poke {
@@ -65,26 +78,28 @@ fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
     let mut first = true;
     // When to read again after threads were started.
     let mut follow_ups: Vec<std::time::Instant> = Vec::new();
+    // Processes whose interpreter is looked for again, and when.
+    let mut retries: Vec<(std::time::Instant, u32)> = Vec::new();
     loop {
-        let mut due: HashSet<u32> = HashSet::new();
+        let mut due: HashMap<u32, Cause> = HashMap::new();
+        let add = |due: &mut HashMap<u32, Cause>, tgid: u32, cause: Cause| {
+            let at = due.entry(tgid).or_insert(cause);
+            *at = (*at).max(cause);
+        };
         let now = std::time::Instant::now();
         follow_ups.retain(|&at| at > now);
         let wait = follow_ups
             .iter()
-            .map(|&at| at - now)
+            .chain(retries.iter().map(|(at, _)| at))
+            .map(|&at| at.saturating_duration_since(now))
             .min()
             .map_or(REFRESH, |soonest| soonest.min(REFRESH));
         if first {
             first = false;
-            due.extend(
-                shared
-                    .state
-                    .lock()
-                    .expect("state lock")
-                    .process_names
-                    .keys()
-                    .copied(),
-            );
+            let state = shared.state.lock().expect("state lock");
+            for &tgid in state.process_names.keys() {
+                add(&mut due, tgid, Cause::Exec);
+            }
         } else {
             match pokes.recv_timeout(wait) {
                 Ok(first_poke) => {
@@ -96,11 +111,11 @@ fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
                                 // At most a few dozen: pokes come at least 20 ms apart.
                                 let now = std::time::Instant::now();
                                 follow_ups.extend(FOLLOW_UPS.iter().map(|&d| now + d));
-                                due.insert(tgid)
+                                add(&mut due, tgid, Cause::Thread);
                             }
                             Poke::Renamed(tgid) => {
                                 tried.remove(&tgid);
-                                due.insert(tgid)
+                                add(&mut due, tgid, Cause::Exec);
                             }
                         };
                     }
@@ -109,14 +124,36 @@ fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        for tgid in due {
-            let recently = tried.get(&tgid).is_some_and(|at| at.elapsed() < REFRESH);
-            if interpreters.contains_key(&tgid) || recently {
+        let now = std::time::Instant::now();
+        retries.retain(|&(at, tgid)| {
+            if at > now {
+                return true;
+            }
+            add(&mut due, tgid, Cause::Retry);
+            false
+        });
+        for (tgid, cause) in due {
+            if interpreters.contains_key(&tgid) {
                 continue;
             }
-            tried.insert(tgid, std::time::Instant::now());
-            if let Ok(Some(interpreter)) = Interpreter::attach_excluding(tgid, &mut not_python) {
-                interpreters.insert(tgid, interpreter);
+            // An attempt at `exec` does not hold back the one at the first threads: a program
+            // linked to libpython has no interpreter until the loader has mapped it.
+            if cause == Cause::Thread {
+                if tried.get(&tgid).is_some_and(|at| at.elapsed() < REFRESH) {
+                    continue;
+                }
+                tried.insert(tgid, now);
+            }
+            match Interpreter::attach_excluding(tgid, &mut not_python) {
+                Ok(Some(interpreter)) => {
+                    interpreters.insert(tgid, interpreter);
+                }
+                // Python, but not readable yet (or just now): a process that starts its
+                // threads once, at its start, is not poked again.
+                Err(_) if cause == Cause::Thread => {
+                    retries.extend(FOLLOW_UPS.iter().map(|&d| (now + d, tgid)));
+                }
+                Ok(None) | Err(_) => {}
             }
         }
         let mut names = HashMap::new();

@@ -249,6 +249,9 @@ pub struct Thread {
     pub comm: String,
     /// The series it counts in, fixed the first time it is exported.
     pub series: Option<SeriesKey>,
+    /// Its series was labelled by its kernel name because its Python name was not known yet:
+    /// it moves, once, to its Python name's series when that is learnt.
+    pub by_kernel_name: bool,
 }
 
 /// A process name's lifecycle counts.
@@ -275,7 +278,7 @@ pub struct State {
     /// The fair level of the last scrape (None before the first).
     pub(super) level: Option<usize>,
     /// Final values of exited threads, by series, and when a thread of it was last seen.
-    retired: FastMap<SeriesKey, (Values, Instant)>,
+    pub(super) retired: FastMap<SeriesKey, (Values, Instant)>,
     /// Values last exported, by series.
     reported: FastMap<SeriesKey, Values>,
     /// Histograms of exited threads, by process name.
@@ -306,6 +309,7 @@ impl State {
                 tgid,
                 comm,
                 series: None,
+                by_kernel_name: false,
             },
         );
     }

@@ -24,6 +24,12 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether this is all the process will show: a kernel thread, or a process with its
+    /// command line. A process in the middle of an `exec` has none yet.
+    pub fn is_settled(&self) -> bool {
+        self.kernel || !self.args.is_empty()
+    }
+
     /// Reads process `pid` from `/proc`, with `comm` as its main thread's kernel name; None
     /// when it is gone.
     pub fn of_process(pid: u32, comm: &str) -> Option<Self> {
