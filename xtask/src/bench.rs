@@ -27,6 +27,8 @@ pub enum Part {
     Scrape,
     /// What tracing costs the traced, record-mode loss, the daemon's own cost.
     Overhead,
+    /// The exposition writers side by side: the daemon's, `prometheus`, `prometheus-client`.
+    Exposition,
 }
 
 /// Runs the benchmarks (`only` one part of them) and writes `BENCHMARKS.md`; the sections of
@@ -35,6 +37,9 @@ pub fn run(root: &Path, only: Option<Part>) -> Result<()> {
     let mut sections = Vec::new();
     if only.is_none_or(|p| p == Part::Scrape) {
         sections.push(super::scrape::run(root)?);
+    }
+    if only.is_none_or(|p| p == Part::Exposition) {
+        sections.push(super::exposition::run(root)?);
     }
     if only.is_none_or(|p| p == Part::Overhead) {
         sections.extend(super::overhead::run(root)?);

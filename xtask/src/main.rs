@@ -4,6 +4,7 @@
 //! `bpf-linker`) and does nothing more when it is present.
 
 mod bench;
+mod exposition;
 mod install;
 mod mounts;
 mod overhead;

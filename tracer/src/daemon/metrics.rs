@@ -143,14 +143,8 @@ impl Out {
         buckets: &[u64; HISTOGRAM_BUCKETS],
         sum_ns: u64,
     ) {
-        let mut cumulative = 0;
-        let mut next = 0;
         let bucket_name = Suffixed::new(name, "_bucket");
-        for (&bound, le) in EXPORTED_BUCKETS.iter().zip(LE.iter()) {
-            while next <= bound {
-                cumulative += buckets[next];
-                next += 1;
-            }
+        for (cumulative, le) in exported_counts(buckets).into_iter().zip(LE.iter()) {
             self.line(
                 &bucket_name.0,
                 labels,
@@ -178,6 +172,21 @@ impl Out {
             Num::Int(total),
         );
     }
+}
+
+/// The cumulative counts of log2 `buckets` at each of [`EXPORTED_BUCKETS`] (the waits
+/// below 2^bound ns); the total is the `+Inf` bucket.
+pub fn exported_counts(buckets: &[u64; HISTOGRAM_BUCKETS]) -> [u64; EXPORTED_BUCKETS.len()] {
+    let mut counts = [0; EXPORTED_BUCKETS.len()];
+    let (mut cumulative, mut next) = (0, 0);
+    for (count, &bound) in counts.iter_mut().zip(&EXPORTED_BUCKETS) {
+        while next <= bound {
+            cumulative += buckets[next];
+            next += 1;
+        }
+        *count = cumulative;
+    }
+    counts
 }
 
 /// The escaped labels of the series of `thread` in the process identity `process`.

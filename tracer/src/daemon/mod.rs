@@ -3,6 +3,8 @@
 mod blocked;
 mod budget;
 pub mod config;
+#[cfg(test)]
+mod encoders;
 mod histograms;
 mod http;
 pub mod labels;
