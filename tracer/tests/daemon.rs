@@ -785,3 +785,118 @@ fn python_threads_are_labelled_by_their_names_with_gil_waits() {
         gil("cpu-1")
     );
 }
+
+/// A CPython program that `exec`s another CPython (here Debian's, into sid's in its own root)
+/// is another interpreter: the daemon reads the new one's names and arms its GIL, not the old
+/// one's (whose addresses mean nothing after the `exec`).
+#[test]
+fn a_python_program_that_execs_another_is_read_afresh() {
+    if !can_trace("a_python_program_that_execs_another_is_read_afresh") {
+        return;
+    }
+    let Some(next) = support::interpreters::sid_pythons().into_iter().next() else {
+        return;
+    };
+    let root = next.root.clone().unwrap();
+    let files = next.files();
+    std::fs::write(
+        files.host("before_exec.py"),
+        "import os, sys, threading, time\n\
+         threading.Thread(target=time.sleep, args=(3600,), name='sleeper-before-exec', \
+         daemon=True).start()\n\
+         print(threading.get_native_id(), flush=True)\n\
+         sys.stdin.readline()\n\
+         root, python, script = sys.argv[1:]\n\
+         os.chroot(root)\n\
+         os.chdir('/')\n\
+         os.execv(python, [python, script])\n",
+    )
+    .unwrap();
+    // Two threads that hold the GIL in turn for a second; names longer than a kernel name.
+    std::fs::write(
+        files.host("after_exec.py"),
+        "import sys, threading, time\n\
+         def spin():\n    end = time.time() + 1.0\n    while time.time() < end: pass\n\
+         \x20   time.sleep(3600)\n\
+         for i in range(2):\n\
+         \x20   threading.Thread(target=spin, name=f'spinner-after-exec-{i}', daemon=True).start()\n\
+         sys.stdin.readline()\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&[], &[]);
+    let (mut child, _) = start_until_first_line(
+        Command::new(python())
+            .arg(files.host("before_exec.py"))
+            .arg(&root)
+            .arg(&next.executable)
+            .arg(files.seen("after_exec.py"))
+            .stdin(std::process::Stdio::piped()),
+    );
+    let series = |samples: &[support::prom::Sample], process: &str, thread: &str| {
+        !find(
+            samples,
+            "tracer_thread_cpu_seconds_total",
+            &[("process", process), ("thread", thread)],
+        )
+        .is_empty()
+    };
+    // The first program's interpreter is read before it execs.
+    let deadline = Instant::now() + PATIENCE;
+    while !series(&daemon.samples(), "before_exec", "sleeper-before-exec") {
+        assert!(
+            Instant::now() < deadline,
+            "the first program's thread was never named"
+        );
+        std::thread::sleep(POLL);
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"exec\n").unwrap();
+    let spinners = ["spinner-after-exec-0", "spinner-after-exec-1"];
+    let deadline = Instant::now() + PATIENCE;
+    let samples = loop {
+        std::thread::sleep(POLL);
+        let samples = daemon.samples();
+        if spinners.iter().all(|t| series(&samples, "after_exec", t)) || Instant::now() > deadline {
+            break samples;
+        }
+    };
+    for thread in spinners {
+        assert!(
+            series(&samples, "after_exec", thread),
+            "no series for {thread} after the exec into {}: {:#?}",
+            next.label(),
+            find(
+                &samples,
+                "tracer_thread_cpu_seconds_total",
+                &[("process", "after_exec")]
+            )
+        );
+    }
+    // The new interpreter's GIL is the one whose waits are counted.
+    let deadline = Instant::now() + PATIENCE;
+    let gil = |samples: &[support::prom::Sample], thread: &str| {
+        find(
+            samples,
+            "tracer_python_gil_wait_seconds_total",
+            &[("process", "after_exec"), ("thread", thread)],
+        )
+        .first()
+        .map_or(0.0, |s| s.value)
+    };
+    let samples = loop {
+        let samples = daemon.samples();
+        if spinners.iter().all(|t| gil(&samples, t) > 0.01) || Instant::now() > deadline {
+            break samples;
+        }
+        std::thread::sleep(POLL);
+    };
+    for thread in spinners {
+        assert!(
+            gil(&samples, thread) > 0.01,
+            "{thread} waited {} s for the GIL by its series",
+            gil(&samples, thread)
+        );
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

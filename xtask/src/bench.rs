@@ -29,6 +29,8 @@ pub enum Part {
     Overhead,
     /// The exposition writers side by side: the daemon's, `prometheus`, `prometheus-client`.
     Exposition,
+    /// The daemon's CPU on a host of many CPython services, quiet and starting threads.
+    Python,
 }
 
 /// Runs the benchmarks (`only` one part of them) and writes `BENCHMARKS.md`; the sections of
@@ -40,6 +42,9 @@ pub fn run(root: &Path, only: Option<Part>) -> Result<()> {
     }
     if only.is_none_or(|p| p == Part::Exposition) {
         sections.push(super::exposition::run(root)?);
+    }
+    if only.is_none_or(|p| p == Part::Python) {
+        sections.push(super::python_services::run(root)?);
     }
     if only.is_none_or(|p| p == Part::Overhead) {
         sections.extend(super::overhead::run(root)?);

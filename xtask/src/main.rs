@@ -9,6 +9,7 @@ mod install;
 mod mounts;
 mod overhead;
 mod pydeps;
+mod python_services;
 mod rootfs;
 mod scrape;
 mod setup;
