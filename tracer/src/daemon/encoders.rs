@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer_common::event::EventKind;
+use tracer_common::{event::EventKind, thread::HISTOGRAM_BUCKETS};
 
 use super::{
     labels,
@@ -132,6 +132,21 @@ const PROCESS_COUNTS: [ProcessCount; 3] = [
         "Threads alive, by process name.",
         |p| p.threads_alive,
     ),
+];
+
+/// The per-process histograms: name, and their buckets and sum of nanoseconds.
+type ProcessHistogram = (
+    &'static str,
+    fn(&ProcessRow) -> (&[u64; HISTOGRAM_BUCKETS], u64),
+);
+
+const PROCESS_HISTOGRAMS: [ProcessHistogram; 2] = [
+    ("tracer_runqueue_latency_seconds", |p| {
+        (&p.hists.runqueue, p.totals.runqueue_wait_ns)
+    }),
+    ("tracer_futex_wait_seconds", |p| {
+        (&p.hists.futex, p.totals.futex_wait_ns)
+    }),
 ];
 
 /// The daemon's own one-sample families: name, is a counter, value.
@@ -257,16 +272,7 @@ fn with_prometheus(s: &Scrape) -> String {
         MetricType::GAUGE,
         blocked,
     ));
-    for (name, pick) in [
-        (
-            "tracer_runqueue_latency_seconds",
-            (|p: &ProcessRow| (&p.hists.runqueue, p.totals.runqueue_wait_ns))
-                as fn(&ProcessRow) -> (&_, u64),
-        ),
-        ("tracer_futex_wait_seconds", |p: &ProcessRow| {
-            (&p.hists.futex, p.totals.futex_wait_ns)
-        }),
-    ] {
+    for (name, pick) in PROCESS_HISTOGRAMS {
         let metrics = s
             .processes
             .iter()
@@ -413,16 +419,7 @@ impl prometheus_client::collector::Collector for Collected {
                 .collect();
             family.encode_family(&labels)?.encode_gauge(&seconds(ns))?;
         }
-        for (name, pick) in [
-            (
-                "tracer_runqueue_latency_seconds",
-                (|p: &ProcessRow| (&p.hists.runqueue, p.totals.runqueue_wait_ns))
-                    as fn(&ProcessRow) -> (&_, u64),
-            ),
-            ("tracer_futex_wait_seconds", |p: &ProcessRow| {
-                (&p.hists.futex, p.totals.futex_wait_ns)
-            }),
-        ] {
+        for (name, pick) in PROCESS_HISTOGRAMS {
             let mut family = encoder.encode_descriptor(
                 name,
                 "Waits by process name.",

@@ -342,15 +342,20 @@ mod tests {
         assert_eq!(secs, [1, 2, 4, 8, 8, 8]);
     }
 
-    #[test]
-    fn a_changed_name_or_a_new_thread_starts_the_waits_over() {
-        let start = Instant::now();
-        let mut schedule = Schedule::new(start);
-        let mut now = start;
+    /// A schedule read four times with nothing changed, and when its next reading is due.
+    fn settled() -> (Schedule, Instant) {
+        let mut now = Instant::now();
+        let mut schedule = Schedule::new(now);
         for _ in 0..4 {
             schedule.read(names(&[(10, "MainThread")]), now);
             now = schedule.next;
         }
+        (schedule, now)
+    }
+
+    #[test]
+    fn a_changed_name_or_a_new_thread_starts_the_waits_over() {
+        let (mut schedule, now) = settled();
         assert_eq!(schedule.wait, LONGEST_REFRESH);
         schedule.read(names(&[(10, "renamed")]), now);
         assert_eq!(schedule.next - now, REFRESH);
@@ -373,13 +378,7 @@ mod tests {
 
     #[test]
     fn a_failed_reading_is_tried_again_within_a_second() {
-        let start = Instant::now();
-        let mut schedule = Schedule::new(start);
-        let mut now = start;
-        for _ in 0..4 {
-            schedule.read(names(&[(10, "MainThread")]), now);
-            now = schedule.next;
-        }
+        let (mut schedule, now) = settled();
         schedule.failed(now);
         assert_eq!(schedule.soonest(), now + REFRESH);
     }
