@@ -5,7 +5,7 @@ use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
@@ -15,6 +15,19 @@ use anyhow::{Context as _, Result, bail};
 pub struct Section {
     pub title: String,
     pub text: String,
+}
+
+/// Another tracer binary (an earlier build) measured in the same run, beside this build.
+pub const BASELINE_ENV: &str = "TRACER_BENCH_BASELINE";
+/// What the tables call that build.
+pub const BASELINE_LABEL_ENV: &str = "TRACER_BENCH_BASELINE_LABEL";
+
+/// The baseline build [`BASELINE_ENV`] names, if any: its label (by default `baseline`) and
+/// binary.
+pub fn baseline() -> Option<(String, PathBuf)> {
+    let binary = PathBuf::from(std::env::var_os(BASELINE_ENV)?);
+    let label = std::env::var(BASELINE_LABEL_ENV).unwrap_or_else(|_| "baseline".to_owned());
+    Some((label, binary))
 }
 
 /// The heading from which `BENCHMARKS.md` is a record of earlier runs, which a new run keeps.

@@ -12,14 +12,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::bench::{Daemon, Section, median, process_usage};
+use super::bench::{BASELINE_ENV, BASELINE_LABEL_ENV, Daemon, Section, median, process_usage};
 
 /// Rounds of every configuration, interleaved.
 const ROUNDS: usize = 7;
-
-/// Another tracer binary (an earlier build) whose daemon runs in the same rounds, so that a
-/// change is measured against what it replaces side by side.
-const BASELINE_ENV: &str = "TRACER_BENCH_BASELINE";
 
 /// What runs alongside a benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,7 +308,7 @@ fn ratios(root: &Path, scratch: &Path) -> Result<Section> {
          `xtask/bench/offcpu.bt`."
     );
     if std::env::var_os(BASELINE_ENV).is_some() {
-        let label = std::env::var("TRACER_BENCH_BASELINE_LABEL").unwrap_or_default();
+        let label = std::env::var(BASELINE_LABEL_ENV).unwrap_or_default();
         let _ = writeln!(
             text,
             "The baseline is the daemon of the build `{BASELINE_ENV}` names{}{label}, in the same rounds.",

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::bench::{Daemon, Section, median, process_usage};
+use super::bench::{Daemon, Section, baseline, median, process_usage};
 
 /// Quiet services, each a process of its own name.
 const SERVICES: usize = 40;
@@ -99,10 +99,8 @@ fn measure(root: &Path, scratch: &Path) -> Result<Vec<Build>> {
         "this build".to_owned(),
         root.join("target/release/tracer"),
     )];
-    if let Some(baseline) = std::env::var_os("TRACER_BENCH_BASELINE") {
-        let label =
-            std::env::var("TRACER_BENCH_BASELINE_LABEL").unwrap_or_else(|_| "baseline".into());
-        builds.push(Build::new(label, PathBuf::from(baseline)));
+    if let Some((label, binary)) = baseline() {
+        builds.push(Build::new(label, binary));
     }
     let quiet = QUIET.replace("THREADS", &THREADS_EACH.to_string());
     let mut services = Processes(Vec::new());

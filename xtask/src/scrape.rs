@@ -16,10 +16,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::bench::{Daemon, Section, median, process_usage};
-
-/// Another tracer binary (an earlier build) measured in the same run.
-const BASELINE_ENV: &str = "TRACER_BENCH_BASELINE";
+use super::bench::{
+    BASELINE_ENV, BASELINE_LABEL_ENV, Daemon, Section, baseline, median, process_usage,
+};
 /// Threads of the workload's host.
 const THREADS: usize = 10_000;
 /// Scrapes timed per row, plain and compressed.
@@ -136,10 +135,7 @@ pub fn run(root: &Path) -> Result<Section> {
 
 fn rows(root: &Path, scratch: &Path) -> Result<Vec<Row>> {
     let mut builds = Vec::new();
-    if let Some(baseline) = std::env::var_os(BASELINE_ENV) {
-        let label =
-            std::env::var("TRACER_BENCH_BASELINE_LABEL").unwrap_or_else(|_| "baseline".to_owned());
-        let binary = PathBuf::from(baseline);
+    if let Some((label, binary)) = baseline() {
         let has_budget = Command::new(&binary)
             .args(["daemon", "--print-config"])
             .output()
@@ -539,7 +535,7 @@ fn table(rows: &[Row]) -> String {
             let _ = writeln!(
                 text,
                 "The baseline is the build `{BASELINE_ENV}` names{}.",
-                std::env::var("TRACER_BENCH_BASELINE_LABEL")
+                std::env::var(BASELINE_LABEL_ENV)
                     .map(|l| format!(": {l}"))
                     .unwrap_or_default()
             );

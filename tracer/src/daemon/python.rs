@@ -202,10 +202,9 @@ fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
             add(&mut due, tgid, Cause::Retry);
             false
         });
-        // Processes that became another program, and every process whose interpreter is no
-        // longer read (those and the ones that ended).
+        // Processes that became another program, and those whose interpreter was found gone.
         let mut reborn: Vec<u32> = Vec::new();
-        let mut gone: Vec<u32> = Vec::new();
+        let mut ended: Vec<u32> = Vec::new();
         for (tgid, cause) in due {
             match (known.get_mut(&tgid), cause) {
                 (Some(process), Cause::Thread) => {
@@ -267,7 +266,7 @@ fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
                     true
                 }
                 Err(_) if !std::path::Path::new(&format!("/proc/{tgid}")).exists() => {
-                    gone.push(tgid);
+                    ended.push(tgid);
                     false
                 }
                 // A passing failure (the process was busy changing what was read): keep it,
@@ -278,8 +277,10 @@ fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
                 }
             }
         });
-        gone.extend(reborn.iter().filter(|tgid| !known.contains_key(tgid)));
-        for &tgid in &gone {
+        // A process that became a program that is not Python (yet): its interpreter is
+        // forgotten at once, with its threads' names.
+        reborn.retain(|tgid| !known.contains_key(tgid));
+        for &tgid in ended.iter().chain(&reborn) {
             shared
                 .probes
                 .lock()
@@ -290,27 +291,25 @@ fn scan(shared: &Shared, pokes: &Receiver<Poke>) {
         // Names and processes stay known until the daemon has retired their threads, which
         // can be after the process is gone; those of a process that became another program
         // go at once.
-        let (live_threads, live_processes): (HashMap<u32, u32>, HashSet<u32>) = {
+        let live_threads: HashMap<u32, u32> = {
             let state = shared.state.lock().expect("state lock");
-            (
-                state
-                    .threads
-                    .iter()
-                    .map(|(&tid, t)| (tid, t.tgid))
-                    .collect(),
-                state.threads.values().map(|t| t.tgid).collect(),
-            )
+            state
+                .threads
+                .iter()
+                .map(|(&tid, t)| (tid, t.tgid))
+                .collect()
         };
+        let live_processes: HashSet<u32> = live_threads.values().copied().collect();
         let mut python = shared.python.lock().expect("python lock");
         python.names.retain(|tid, _| {
             live_threads
                 .get(tid)
-                .is_some_and(|tgid| known.contains_key(tgid) || !reborn.contains(tgid))
+                .is_some_and(|tgid| !reborn.contains(tgid))
         });
         python.names.extend(names);
-        python.processes.retain(|tgid| {
-            live_processes.contains(tgid) && (known.contains_key(tgid) || !reborn.contains(tgid))
-        });
+        python
+            .processes
+            .retain(|tgid| live_processes.contains(tgid) && !reborn.contains(tgid));
         python.processes.extend(known.keys().copied());
     }
 }
